@@ -1,0 +1,95 @@
+"""`clipsam` command line: index, download, build-benchmark, run.
+
+Errors a user can cause are printed as one sentence (no traceback) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DATASETS = ("mvtec", "visa", "mtd", "ksdd2")
+
+
+class UserError(Exception):
+    """An error the user can fix; its message names the file and the fix."""
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from clipsam_lib.data import index_dataset
+    from clipsam_lib.io_utils import write_json_atomic
+
+    meta = index_dataset(args.root, args.dataset, split=args.split)
+    out = Path(args.out) if args.out else Path(args.root) / "meta.json"
+    write_json_atomic(out, meta)
+    counts = {split: sum(len(v) for v in meta[split].values()) for split in meta}
+    print(f"wrote {out}: {json.dumps(counts)}")
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    from clipsam_lib.data.download import download_dataset
+
+    root = download_dataset(args.dataset, args.root, archive=args.archive)
+    print(f"{args.dataset} ready at {root}")
+
+
+def _cmd_build_benchmark(args: argparse.Namespace) -> None:
+    from clipsam_lib.config import load_profile
+    from clipsam_lib.data.synthetic import build_embedded_benchmark
+
+    roots = build_embedded_benchmark(load_profile(args.profile))
+    for name, root in roots.items():
+        print(f"{name}: {root}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from clipsam_lib.runner import run_notebooks
+
+    run_notebooks(args.profile, start=args.start, only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipsam", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="write meta.json for a dataset folder")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default=None, help="ksdd2 only: test (official) or train (peer)")
+    p.add_argument("--out", default=None, help="default: <root>/meta.json")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("download", help="download (or take --archive), verify sha256, extract")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", required=True)
+    p.add_argument("--archive", default=None, help="an archive you downloaded by hand")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("build-benchmark", help="build the embedded synthetic benchmark")
+    p.add_argument("--profile", default="smoke")
+    p.set_defaults(func=_cmd_build_benchmark)
+
+    p = sub.add_parser("run", help="execute the numbered notebooks through papermill")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--from", dest="start", default=None, help="start at notebook NN")
+    p.add_argument("--only", default=None, help="run only notebook NN")
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UserError, FileNotFoundError, ValueError, KeyError) as err:
+        # Library errors a user can cause carry a one-sentence message: show just that.
+        message = err.args[0] if err.args else str(err)
+        print(f"clipsam {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

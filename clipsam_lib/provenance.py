@@ -1,0 +1,71 @@
+"""Provenance: the columns every results file carries, so a row says how it was made."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+from functools import lru_cache
+from typing import Any
+
+from clipsam_lib.config import ProfileConfig
+from clipsam_lib.paths import project_root
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Short commit of the checkout, with ``+dirty`` when the tree has local changes."""
+    try:
+        root = project_root()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
+            text=True, check=True, timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def weights_identity(profile: ProfileConfig) -> str:
+    """``clip=<...>;sam=<...>`` where each side is the checkpoint name or ``random-init``."""
+    clip = profile.clip.pretrained or "random-init"
+    sam = profile.sam.checkpoint or "random-init"
+    return f"clip={profile.clip.model_name}:{clip};sam={profile.sam.model_type}:{sam}"
+
+
+def is_random_init(profile: ProfileConfig) -> bool:
+    return profile.clip.pretrained is None or profile.sam.checkpoint is None
+
+
+def index_hash(index: dict[str, Any]) -> str:
+    """Hash of a dataset index (meta.json content): which files, labels and masks."""
+    blob = json.dumps(index, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def provenance_columns(
+    profile: ProfileConfig,
+    *,
+    protocol: str | None = None,
+    dataset_index_hash: str | None = None,
+    config_hash: str | None = None,
+) -> dict[str, str]:
+    """The provenance fields of one results row.
+
+    ``config_hash`` defaults to the profile's hash; pass the hash of a variant's config
+    when a row was produced with switches changed from the profile.
+    """
+    return {
+        "profile": profile.name,
+        "config_hash": config_hash or profile.hash(),
+        "git_commit": git_commit(),
+        "weights": weights_identity(profile),
+        "dataset_index_hash": dataset_index_hash or "",
+        "protocol": protocol or profile.eval.protocol,
+        "date": _dt.date.today().isoformat(),
+    }

@@ -81,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from clipsam_lib.runner import NotebookFailed
+
     try:
         args.func(args)
-    except (UserError, FileNotFoundError, ValueError, KeyError) as err:
+    except (UserError, NotebookFailed, FileNotFoundError, ValueError, KeyError) as err:
         # Library errors a user can cause carry a one-sentence message: show just that.
         message = err.args[0] if err.args else str(err)
         print(f"clipsam {args.command}: error: {message}", file=sys.stderr)

@@ -171,7 +171,7 @@ class ProfileConfig:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def replace(self, **overrides: Any) -> "ProfileConfig":
+    def replace(self, **overrides: Any) -> ProfileConfig:
         """A copy with dotted overrides, e.g. ``replace(**{"umci.hidden_dim": 512})``."""
         return from_dict(_apply_dotted(self.to_dict(), overrides))
 

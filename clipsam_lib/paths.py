@@ -45,8 +45,13 @@ def cache_dir(profile: ProfileConfig) -> Path:
 
 
 def results_dir(profile: ProfileConfig) -> Path:
-    """``results/<profile>/``: tables, figures, executed notebooks, checkpoints."""
-    return _under_root(profile.results_dir) / profile.name
+    """``results/<profile>/``: tables, figures, executed notebooks, checkpoints.
+
+    ``CLIPSAM_RESULTS_DIR`` replaces ``results/`` (the test suite executes the notebooks
+    into a temporary folder this way, leaving the committed results untouched).
+    """
+    base = os.environ.get("CLIPSAM_RESULTS_DIR") or profile.results_dir
+    return _under_root(base) / profile.name
 
 
 def results_subdir(profile: ProfileConfig, kind: str) -> Path:

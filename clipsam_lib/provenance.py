@@ -23,7 +23,7 @@ def git_commit() -> str:
             text=True, check=True, timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            ["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=root,
             capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return commit + ("+dirty" if dirty else "")

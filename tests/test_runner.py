@@ -1,0 +1,72 @@
+"""clipsam run: order, --from/--only, a failing cell names notebook + cell + error."""
+
+import json
+
+import nbformat
+import pytest
+
+from clipsam_lib import cli
+from clipsam_lib.runner import NotebookFailed, numbered_notebooks, run_notebooks, select_notebooks
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "x"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSAM_RESULTS_DIR", str(tmp_path / "results"))
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    marker = tmp_path / "trace.txt"
+    for name in ("00_a", "01_b", "02_c"):
+        _notebook(folder / f"{name}.ipynb",
+                  f"open({str(marker)!r}, 'a').write({name!r} + ':' + profile + '\\n')")
+    (folder / "helper.ipynb").write_text("{}")  # not numbered: never run
+    return folder, marker, tmp_path / "results" / "smoke" / "notebooks"
+
+
+def test_runs_numbered_notebooks_in_order_with_the_profile(notebooks):
+    folder, marker, out = notebooks
+    runs = run_notebooks("smoke", notebooks_dir=folder)
+    assert [r.name for r in runs] == ["00_a.ipynb", "01_b.ipynb", "02_c.ipynb"]
+    assert marker.read_text().split() == ["00_a:smoke", "01_b:smoke", "02_c:smoke"]
+    assert (out / "01_b.ipynb").is_file()
+    log = json.loads((out / "run_log.json").read_text())
+    assert [n["name"] for n in log["notebooks"]] == [r.name for r in runs]
+
+
+def test_from_and_only_select_notebooks(notebooks):
+    folder, marker, _ = notebooks
+    run_notebooks("smoke", notebooks_dir=folder, start="1")
+    assert marker.read_text().split() == ["01_b:smoke", "02_c:smoke"]
+    marker.unlink()
+    run_notebooks("smoke", notebooks_dir=folder, only="00")
+    assert marker.read_text().split() == ["00_a:smoke"]
+    with pytest.raises(ValueError, match="--only 7: no notebook"):
+        select_notebooks(numbered_notebooks(folder), only="7")
+
+
+def test_failing_cell_stops_the_run_and_keeps_the_failed_copy(notebooks):
+    folder, marker, out = notebooks
+    _notebook(folder / "01_b.ipynb", "x = 1", "raise ValueError('bad layout in /data/x')")
+    with pytest.raises(NotebookFailed) as err:
+        run_notebooks("smoke", notebooks_dir=folder)
+    message = str(err.value)
+    assert "01_b.ipynb failed in cell" in message and "bad layout in /data/x" in message
+    assert (out / "01_b.ipynb").is_file()
+    assert marker.read_text().split() == ["00_a:smoke"], "02 must not run after 01 failed"
+
+
+def test_cli_reports_failure_in_one_line(notebooks, capsys, monkeypatch):
+    folder, _, _ = notebooks
+    _notebook(folder / "00_a.ipynb", "1/0")
+    monkeypatch.setattr("clipsam_lib.runner.project_root", lambda: folder.parent)
+    assert cli.main(["run", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ZeroDivisionError" in err and "00_a.ipynb" in err

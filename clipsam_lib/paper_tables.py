@@ -1,0 +1,117 @@
+"""The paper's tables: this project's rows beside the published ones.
+
+Published numbers (``configs/published_numbers.csv``, copied from the project's reference
+material) carry a status: ``checked`` (read in the cited table) or ``unchecked`` (quoted
+from secondary material). Unchecked cells get a dagger. Rows from other papers were
+produced under their own protocols; the ``protocol`` column says which.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from clipsam_lib.config import CONFIG_DIR
+
+# Metric columns, named as in the published numbers file; short names for headers.
+METRICS = {
+    "pixel_auroc": "AUROC",
+    "pixel_f1_max": "F1-max",
+    "pixel_ap": "AP",
+    "pixel_pro": "PRO",
+}
+# Dataset layout -> the name the published tables use.
+PUBLISHED_DATASET = {"mvtec": "MVTec-AD", "visa": "VisA", "mtd": "MTD", "ksdd2": "KSDD2"}
+# Protocols of the published rows, as their papers state them.
+PUBLISHED_PROTOCOL = {
+    "WinCLIP": "WinCLIP's own (240 px)",
+    "SAA+": "SAA+'s own (400 px)",
+    "APRIL-GAN": "peer (518 px)",
+    "AnomalyCLIP": "AnomalyCLIP's (518 px, sigma 4)",
+    "ClipSAM": "ClipSAM paper (518 px)",
+}
+DAGGER = "†"
+
+
+def load_published(path: str | Path | None = None) -> pd.DataFrame:
+    """Published numbers (percent) with source and status."""
+    df = pd.read_csv(path or CONFIG_DIR / "published_numbers.csv")
+    expected = {"dataset", "method", "metric", "value", "source", "status"}
+    missing = expected - set(df.columns)
+    if missing:
+        raise ValueError(f"published numbers file lacks columns {sorted(missing)}.")
+    return df
+
+
+def _cell(value: float, status: str = "checked") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.1f}" + (DAGGER if status == "unchecked" else "")
+
+
+def comparison_long(ours: pd.DataFrame, pro_column: str = "pixel_pro_linear200") -> pd.DataFrame:
+    """One row per (method, dataset, metric): ours (percent) and the published numbers.
+
+    ``ours`` holds one macro-mean row per evaluated dataset with columns ``dataset``,
+    ``layout``, ``label`` (how the method is named in the table), the metric fractions,
+    ``protocol`` and the provenance columns. ``pro_column`` picks the PRO variant shown.
+    """
+    published = load_published()
+    rows = []
+    layouts = list(dict.fromkeys(ours["layout"]))
+    for layout in layouts:
+        column_name = PUBLISHED_DATASET.get(layout, layout)
+        for record in published[published["dataset"] == column_name].itertuples():
+            rows.append({
+                "method": record.method, "table_dataset": column_name,
+                "evaluated_on": column_name, "metric": record.metric,
+                "value": float(record.value), "status": record.status,
+                "protocol": PUBLISHED_PROTOCOL.get(record.method, "as published"),
+                "source": record.source,
+            })
+    for row in ours.itertuples():
+        for metric in METRICS:
+            source_column = pro_column if metric == "pixel_pro" else metric
+            value = getattr(row, source_column)
+            rows.append({
+                "method": row.label, "table_dataset": PUBLISHED_DATASET.get(row.layout, row.layout),
+                "evaluated_on": row.dataset, "metric": metric,
+                "value": 100.0 * float(value),  # NaN stays NaN
+                "status": "this run", "protocol": f"{row.protocol} ({pro_column})",
+                "source": f"{row.weights}; commit {row.git_commit}",
+            })
+    return pd.DataFrame(rows)
+
+
+def comparison_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """Paper layout: one row per method, a column per (dataset, metric); daggers mark
+    unchecked published cells; '–' where a paper reports nothing."""
+    datasets = list(dict.fromkeys(long["table_dataset"]))
+    methods = list(dict.fromkeys(long["method"]))
+    table = []
+    for method in methods:
+        mine = long[long["method"] == method]
+        out = {"method": method}
+        for dataset in datasets:
+            for metric, short in METRICS.items():
+                hit = mine[(mine["table_dataset"] == dataset) & (mine["metric"] == metric)]
+                out[f"{dataset} {short}"] = (
+                    _cell(hit["value"].iloc[0], hit["status"].iloc[0]) if len(hit) else "–"
+                )
+        out["protocol"] = "; ".join(dict.fromkeys(mine["protocol"]))
+        table.append(out)
+    return pd.DataFrame(table)
+
+
+def per_category(evaluation: pd.DataFrame) -> pd.DataFrame:
+    """Per-class rows plus the macro mean, metrics in percent, both PRO variants."""
+    columns = ["pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_pro_linear200",
+               "pixel_pro_mvtec", "image_auroc"]
+    present = [c for c in columns if c in evaluation.columns]
+    table = evaluation[["dataset", "cls_name", *present]].copy()
+    table[present] = 100.0 * table[present]
+    if "note" in evaluation.columns:
+        table["note"] = evaluation["note"].fillna("")
+    return table.reset_index(drop=True)

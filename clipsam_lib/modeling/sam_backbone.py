@@ -1,0 +1,321 @@
+"""Frozen SAM backbone: build through segment-anything's registry, embed images once.
+
+SAM's image encoder is the expensive half of the model and does not depend on the
+prompts, so ClipSAM computes one embedding per image (through ``SamPredictor``'s own
+preprocessing: RGB, ``ResizeLongestSide`` to 1024, pixel normalisation, padding) and
+keeps it in the :class:`~clipsam_lib.features.FeatureCache`. Everything after that
+(prompt encoder, mask decoder) is cheap and runs per MMR variant from the cache.
+
+Model sizes are data: ``vit_h``, ``vit_l`` and ``vit_b`` are segment-anything's own
+registry entries; ``tiny`` is the same ``_build_sam`` builder with a 2-block encoder, for
+tests and the smoke profile. Random initialisation happens only when the config says
+``checkpoint: null``; the results rows then say ``random-init`` (provenance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.build_sam import _build_sam
+from segment_anything.modeling import Sam
+
+from clipsam_lib.config import ProfileConfig, SamConfig
+from clipsam_lib.features import FeatureCache, image_hash
+
+log = logging.getLogger(__name__)
+
+SAM_IMAGE_SIZE = 1024  # SAM's input resolution; every model size shares it
+SAM_EMBED_DIM = 256
+
+
+def build_sam_tiny(checkpoint: str | None = None) -> Sam:
+    """segment-anything's architecture with a 2-block, 64-d image encoder.
+
+    Prompt encoder, mask decoder, image size (1024) and embedding shape
+    ``[1, 256, 64, 64]`` are SAM's own, so every transform and the decoder run unchanged.
+    """
+    return _build_sam(
+        encoder_embed_dim=64,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=[1],
+        checkpoint=checkpoint,
+    )
+
+
+# segment-anything's registry plus the tiny test size; same builder, other numbers.
+SAM_REGISTRY = {
+    "vit_h": sam_model_registry["vit_h"],
+    "vit_l": sam_model_registry["vit_l"],
+    "vit_b": sam_model_registry["vit_b"],
+    "tiny": build_sam_tiny,
+}
+
+# The official checkpoint of each size (what ``checkpoint`` names in the paper profile).
+OFFICIAL_CHECKPOINTS = {
+    "vit_h": "sam_vit_h_4b8939.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_b": "sam_vit_b_01ec64.pth",
+}
+
+
+def resolve_sam_checkpoint(name_or_path: str) -> Path:
+    """The checkpoint file for ``name_or_path``; a one-sentence error if it is missing.
+
+    Uses ``clipsam_lib.weights.resolve_checkpoint`` (config field, env var, weights dir)
+    when available, else accepts an existing path.
+    """
+    try:
+        from clipsam_lib.weights import resolve_checkpoint
+    except ImportError:  # weights.py not in this checkout yet: plain paths only
+        path = Path(name_or_path).expanduser()
+        if path.is_file():
+            return path
+        raise FileNotFoundError(
+            f"SAM checkpoint {name_or_path!r} not found at {path.resolve()}; download it "
+            f"(e.g. {OFFICIAL_CHECKPOINTS['vit_h']}) and set sam.checkpoint to its path, "
+            f"or set sam.checkpoint: null for a random-init model."
+        ) from None
+    return Path(resolve_checkpoint("sam", name_or_path))
+
+
+def _check_config(cfg: SamConfig) -> None:
+    if cfg.model_type not in SAM_REGISTRY:
+        raise ValueError(
+            f"sam.model_type {cfg.model_type!r} is not one of {sorted(SAM_REGISTRY)}."
+        )
+    if cfg.dtype not in ("fp32", "bf16"):
+        raise ValueError(f"sam.dtype {cfg.dtype!r} is not 'fp32' or 'bf16'.")
+
+
+def build_sam(cfg: SamConfig) -> Sam:
+    """A frozen SAM in eval mode, built through the registry.
+
+    ``cfg.checkpoint`` set: the weights are loaded by segment-anything's builder
+    (``sam_model_registry[model_type](checkpoint=path)``). ``cfg.checkpoint = None``:
+    random init from ``cfg.seed``, which must be asked for explicitly in the config; for
+    the full-size models it is also warned about, since it is almost always a mistake
+    outside benchmarks.
+    """
+    _check_config(cfg)
+    builder = SAM_REGISTRY[cfg.model_type]
+    if cfg.checkpoint is None:
+        if cfg.model_type != "tiny":
+            warnings.warn(
+                f"Building SAM {cfg.model_type} with random weights (sam.checkpoint is null); "
+                "its masks are meaningless.",
+                stacklevel=2,
+            )
+        log.info("SAM %s: random init, seed %d", cfg.model_type, cfg.seed)
+        with _seeded(cfg.seed):
+            sam = builder(checkpoint=None)
+    else:
+        path = resolve_sam_checkpoint(cfg.checkpoint)
+        try:
+            sam = builder(checkpoint=str(path))
+        except (RuntimeError, OSError, EOFError, KeyError) as err:
+            raise RuntimeError(
+                f"SAM checkpoint {path} does not load into model_type {cfg.model_type!r} "
+                f"({type(err).__name__}); check that sam.model_type matches the file, or "
+                "re-download it."
+            ) from err
+    sam.eval()
+    sam.requires_grad_(False)
+    return sam
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch for random init without disturbing the caller's RNG stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def sam_identity(cfg: SamConfig) -> dict[str, Any]:
+    """What determines SAM's image embedding: architecture, weights, dtype.
+
+    Computed from the config alone (never builds the model), so cached embeddings can be
+    read without loading SAM. The checkpoint is identified by its file name and size
+    (hashing 2.5 GB per run would cost more than it protects).
+    """
+    identity: dict[str, Any] = {
+        "kind": "sam",
+        "model_type": cfg.model_type,
+        "image_size": SAM_IMAGE_SIZE,
+        "dtype": cfg.dtype,
+    }
+    if cfg.checkpoint is None:
+        identity["weights"] = f"random-init:seed={cfg.seed}"
+    else:
+        path = resolve_sam_checkpoint(cfg.checkpoint)
+        identity["weights"] = f"{path.name}:{path.stat().st_size}"
+    return identity
+
+
+@dataclass
+class SamEmbedding:
+    """SAM's image embedding and the two sizes needed to map prompts and masks.
+
+    embedding: ``[1, 256, 64, 64]`` float32. input_size: ``(h, w)`` after
+    ``ResizeLongestSide`` (before padding). original_size: ``(h, w)`` of the image.
+    """
+
+    embedding: torch.Tensor
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "embedding": self.embedding,
+            "input_size": torch.tensor(self.input_size, dtype=torch.int64),
+            "original_size": torch.tensor(self.original_size, dtype=torch.int64),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SamEmbedding:
+        return cls(
+            embedding=tensors["embedding"].float(),
+            input_size=tuple(int(v) for v in tensors["input_size"]),
+            original_size=tuple(int(v) for v in tensors["original_size"]),
+        )
+
+
+class SamBackbone:
+    """Frozen SAM whose image encoder runs once per image (``embed``).
+
+    Arguments:
+      cfg: the profile's ``sam`` section.
+      device: ``cpu``, ``cuda`` or ``auto``.
+      model: an already built SAM (e.g. shared with a predictor); built from cfg if None.
+    """
+
+    def __init__(self, cfg: SamConfig, device: str = "cpu", model: Sam | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.model = (model if model is not None else build_sam(cfg)).to(self.device)
+        self.predictor = SamPredictor(self.model)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The FeatureCache identity of this backbone's embeddings."""
+        return sam_identity(self.cfg)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.cfg.dtype == "bf16",
+        )
+
+    @torch.no_grad()
+    def embed(self, image_rgb: np.ndarray) -> SamEmbedding:
+        """The embedding of an RGB uint8 ``H x W x 3`` image, via ``SamPredictor.set_image``."""
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(
+                f"SAM expects an RGB uint8 H x W x 3 image, got {image_rgb.dtype} "
+                f"{image_rgb.shape}."
+            )
+        with self._autocast():
+            self.predictor.set_image(image_rgb, image_format="RGB")
+        embedding = SamEmbedding(
+            embedding=self.predictor.get_image_embedding().float(),
+            input_size=tuple(self.predictor.input_size),
+            original_size=tuple(self.predictor.original_size),
+        )
+        self.predictor.reset_image()  # the embedding lives in the cache, not here
+        return embedding
+
+
+# -- cache ------------------------------------------------------------------------------
+
+
+def sam_cache(profile: ProfileConfig) -> FeatureCache:
+    """The profile's SAM embedding cache (``<cache_dir>/sam/<model key>/``)."""
+    from clipsam_lib.paths import cache_dir
+
+    return FeatureCache(cache_dir(profile) / "sam", sam_identity(profile.sam),
+                        profile.cache_dtype)
+
+
+def embedding_key(cache: FeatureCache, image_rgb: np.ndarray) -> str:
+    """Cache key of an image's embedding (image content + SAM input size)."""
+    return cache.key(image_hash(image_rgb), image_size=SAM_IMAGE_SIZE)
+
+
+def cached_embedding(
+    cache: FeatureCache, image_rgb: np.ndarray, backbone: SamBackbone | None = None
+) -> SamEmbedding:
+    """The image's embedding from the cache; computed and stored if a backbone is given.
+
+    Without a backbone this never builds SAM, and a missing entry is a clear error.
+    """
+    key = embedding_key(cache, image_rgb)
+    tensors = cache.get(key)
+    if tensors is not None:
+        return SamEmbedding.from_tensors(tensors)
+    if backbone is None:
+        raise KeyError(
+            f"No cached SAM embedding for this image in {cache.dir}; run "
+            "extract_sam_embeddings(profile, dataset_name, records) first."
+        )
+    embedding = backbone.embed(image_rgb)
+    cache.put(key, embedding.to_tensors())
+    return embedding
+
+
+class SamEmbeddingReader:
+    """Reads cached SAM embeddings of a profile without ever building SAM."""
+
+    def __init__(self, profile: ProfileConfig):
+        self.cache = sam_cache(profile)
+
+    def __call__(self, image_rgb: np.ndarray) -> SamEmbedding:
+        return cached_embedding(self.cache, image_rgb)
+
+    def has(self, image_rgb: np.ndarray) -> bool:
+        return embedding_key(self.cache, image_rgb) in self.cache
+
+
+def extract_sam_embeddings(
+    profile: ProfileConfig,
+    dataset_name: str,
+    records: Sequence[dict[str, Any]],
+    progress: bool = True,
+    backbone: SamBackbone | None = None,
+) -> FeatureCache:
+    """Fill the SAM embedding cache for ``records`` of a dataset; skips cached images.
+
+    SAM is built only if at least one image is missing from the cache.
+    """
+    from tqdm.auto import tqdm
+
+    from clipsam_lib.data.io import read_image_rgb
+    from clipsam_lib.paths import dataset_root
+
+    cache = sam_cache(profile)
+    root = dataset_root(profile, dataset_name)
+    for rec in tqdm(records, desc=f"SAM embeddings {dataset_name}", disable=not progress):
+        image = read_image_rgb(root / rec["img_path"])
+        if embedding_key(cache, image) in cache:
+            continue
+        if backbone is None:
+            backbone = SamBackbone(profile.sam, device=profile.device)
+        cached_embedding(cache, image, backbone)
+    return cache

@@ -34,6 +34,9 @@ class ClipConfig:
     keep_underscore: bool = False  # class-name underscore switch (peer keeps it)
     dtype: str = "fp32"  # "fp32" | "bf16" (autocast on the backbone forward)
     seed: int = 0  # only for random init
+    # Activation of the CLIP blocks. None = as the weights were trained: OpenAI's CLIP used
+    # QuickGELU (open_clip's tag config says so), the model JSON decides otherwise.
+    quick_gelu: bool | None = None
 
 
 @dataclass

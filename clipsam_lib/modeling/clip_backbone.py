@@ -1,0 +1,277 @@
+"""The frozen CLIP backbone: patch tokens of the tapped stages, and prompt-ensemble text.
+
+Built by open_clip's own factory from a model name: ``ViT-L-14-336`` for the paper, the
+tiny ``clipsam-tiny-vit`` (``clipsam_lib/configs/clipsam-tiny-vit.json``, registered here
+with ``open_clip.add_model_config``) for tests and the embedded default. Same code path,
+another configuration.
+
+Resolution: ``force_image_size`` builds the vision tower at ``cfg.image_size``; when a
+checkpoint trained at another size is loaded, open_clip's ``load_checkpoint`` resizes the
+positional-embedding grid bicubically (24x24 -> 37x37 for ViT-L/14 at 518). With random
+init the grid is simply created at the working size.
+
+Stage tokens come from the vision tower's ``forward_intermediates``: the residual stream
+after the configured 1-indexed blocks, before ``ln_post``, class token dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clipsam_lib.config import CONFIG_DIR, ClipConfig
+from clipsam_lib.modeling import text_prompts
+from clipsam_lib.weights import (
+    KNOWN_CHECKPOINTS,
+    RANDOM_INIT,
+    resolve_checkpoint,
+    weights_dirs,
+    weights_identity,
+)
+
+# Model sizes are data: every open_clip JSON config in the package's config folder.
+open_clip.add_model_config(CONFIG_DIR)
+
+OPENAI_MEAN = open_clip.OPENAI_DATASET_MEAN
+OPENAI_STD = open_clip.OPENAI_DATASET_STD
+PREPROCESS_ID = "pil-bicubic-squash|openai-mean-std"
+DTYPES = ("fp32", "bf16")
+_TEXT_BATCH = 128
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pretrained_tag_config(cfg: ClipConfig) -> dict[str, Any] | None:
+    """open_clip's config for ``cfg.pretrained`` when it is a tag (e.g. ``"openai"``)."""
+    if cfg.pretrained is None:
+        return None
+    tag_cfg = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained)
+    return tag_cfg or None
+
+
+def uses_quick_gelu(cfg: ClipConfig) -> bool:
+    """QuickGELU if the config says so; otherwise as the weights were trained.
+
+    For a local checkpoint of a model that has an ``openai`` tag, the file is assumed to
+    be OpenAI's (the only local file this project documents); set ``clip.quick_gelu``
+    explicitly for anything else.
+    """
+    if cfg.quick_gelu is not None:
+        return cfg.quick_gelu
+    tag_cfg = pretrained_tag_config(cfg)
+    if tag_cfg is None and cfg.pretrained is not None:
+        tag_cfg = open_clip.get_pretrained_cfg(cfg.model_name, "openai") or None
+    if tag_cfg is not None:
+        return bool(tag_cfg.get("quick_gelu", False))
+    return bool(_base_model_config(cfg).get("quick_gelu", False))
+
+
+def _base_model_config(cfg: ClipConfig) -> dict[str, Any]:
+    model_cfg = open_clip.get_model_config(cfg.model_name)
+    if model_cfg is None:
+        raise ValueError(
+            f"CLIP model {cfg.model_name!r} is neither an open_clip model nor a JSON config "
+            f"in {CONFIG_DIR}; use one of open_clip.list_models()."
+        )
+    return model_cfg
+
+
+def model_config(cfg: ClipConfig) -> dict[str, Any]:
+    """The architecture as built: open_clip's JSON with the working size and activation."""
+    model_cfg = _base_model_config(cfg)
+    model_cfg["vision_cfg"]["image_size"] = cfg.image_size
+    model_cfg["quick_gelu"] = uses_quick_gelu(cfg)
+    return model_cfg
+
+
+def weights_source(cfg: ClipConfig) -> str:
+    """What the weights are: ``random-init(seed=..)``, an open_clip tag + its source, or a
+    local file name + SHA-256 prefix."""
+    if cfg.pretrained is None:
+        return f"{RANDOM_INIT}(seed={cfg.seed})"
+    tag_cfg = pretrained_tag_config(cfg)
+    if tag_cfg is not None:
+        return f"open_clip:{cfg.pretrained}:{tag_cfg.get('hf_hub') or tag_cfg.get('url')}"
+    return weights_identity("clip", cfg.pretrained)
+
+
+def clip_identity(cfg: ClipConfig) -> dict[str, Any]:
+    """Everything that determines the cached CLIP outputs (the FeatureCache identity).
+
+    Computable without building the model, so readers of the cache need no backbone.
+    """
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"clip.dtype must be one of {DTYPES}, not {cfg.dtype!r}.")
+    return {
+        "family": "open_clip",
+        "open_clip_version": open_clip.__version__,
+        "model_name": cfg.model_name,
+        "model_config": model_config(cfg),
+        "image_size": cfg.image_size,
+        "stages": list(cfg.stages),
+        "weights": weights_source(cfg),
+        "dtype": cfg.dtype,
+        "preprocess": PREPROCESS_ID,
+    }
+
+
+class ClipBackbone:
+    """Frozen open_clip model: ``preprocess`` -> ``encode_stages``; ``text_features``."""
+
+    def __init__(self, cfg: ClipConfig, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.identity = clip_identity(cfg)  # validates dtype and model name first
+        self.model = _build_model(cfg, self.device)
+        self.model.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(cfg.model_name)
+        visual = self.model.visual
+        self.patch_size = visual.patch_size[0]
+        self.grid_size = cfg.image_size // self.patch_size
+        self.width = visual.conv1.out_channels  # C of the stage tokens
+        self.embed_dim = self.model.text_projection.shape[1]  # D of the text features
+        n_blocks = len(visual.transformer.resblocks)
+        if not all(1 <= s <= n_blocks for s in cfg.stages):
+            raise ValueError(
+                f"clip.stages {list(cfg.stages)} must be 1-indexed blocks of "
+                f"{cfg.model_name}, which has {n_blocks}."
+            )
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # -- images ----------------------------------------------------------------------------
+    def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
+        """RGB uint8 ``H x W x 3`` -> normalised ``3 x S x S`` float tensor.
+
+        Bicubic resize to S x S without keeping the aspect ratio (PIL, as the peer's
+        torchvision ``Resize((S, S))`` on PIL images), OpenAI mean/std.
+        """
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(
+                f"Expected an RGB uint8 H x W x 3 image, got {image_rgb.dtype} "
+                f"{tuple(image_rgb.shape)}."
+            )
+        size = self.cfg.image_size
+        resized = Image.fromarray(image_rgb).resize((size, size), Image.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255
+        mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
+        std = torch.tensor(OPENAI_STD).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def encode_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``[B, 3, S, S]`` -> one float32 ``[B, g*g, C]`` tensor per tapped stage."""
+        indices = [s - 1 for s in self.cfg.stages]
+        with torch.no_grad(), self._autocast():
+            out = self.model.visual.forward_intermediates(
+                images.to(self.device),
+                indices=indices,
+                stop_early=True,
+                intermediates_only=True,
+                output_fmt="NLC",
+            )
+        return [t.float() for t in out["image_intermediates"]]
+
+    def image_tokens(self, image_rgb: np.ndarray) -> list[torch.Tensor]:
+        """One image -> one ``[g*g, C]`` tensor per stage (convenience for predictors)."""
+        return [t[0] for t in self.encode_stages(self.preprocess(image_rgb)[None])]
+
+    # -- text ------------------------------------------------------------------------------
+    def text_features(self, class_names: list[str]) -> torch.Tensor:
+        """``[n, 2, D]`` unit-norm prompt-ensemble features (0 = normal, 1 = anomalous).
+
+        Each sentence is encoded and L2-normalised, averaged per state group, and the mean
+        re-normalised. Computed once per displayed class name and kept.
+        """
+        rows = []
+        for name in class_names:
+            shown = text_prompts.display_name(name, self.cfg.keep_underscore)
+            if shown not in self._text_cache:
+                normal, anomalous = text_prompts.state_sentences(shown)
+                self._text_cache[shown] = torch.stack(
+                    [self._ensemble(normal), self._ensemble(anomalous)]
+                )
+            rows.append(self._text_cache[shown])
+        return torch.stack(rows)
+
+    def _ensemble(self, sentences: list[str]) -> torch.Tensor:
+        chunks = []
+        with torch.no_grad(), self._autocast():
+            for start in range(0, len(sentences), _TEXT_BATCH):
+                tokens = self.tokenizer(sentences[start:start + _TEXT_BATCH]).to(self.device)
+                chunks.append(self.model.encode_text(tokens).float())
+        per_sentence = F.normalize(torch.cat(chunks), dim=-1)
+        return F.normalize(per_sentence.mean(0), dim=-1).cpu()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.dtype == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _build_model(cfg: ClipConfig, device: torch.device) -> torch.nn.Module:
+    """open_clip's factory, with the weights source decided by ``cfg.pretrained``."""
+    common = {
+        "force_image_size": cfg.image_size,
+        "force_quick_gelu": uses_quick_gelu(cfg),
+        "device": device,
+        "precision": "fp32",
+    }
+    if cfg.pretrained is None:
+        warnings.warn(
+            f"CLIP {cfg.model_name} is randomly initialised (clip.pretrained is None, "
+            f"seed {cfg.seed}); results say 'random-init'.",
+            stacklevel=3,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return open_clip.create_model(cfg.model_name, pretrained=None, **common)
+    tag_cfg = pretrained_tag_config(cfg)
+    if tag_cfg is not None:
+        try:
+            return open_clip.create_model(
+                cfg.model_name, pretrained=cfg.pretrained, require_pretrained=True, **common
+            )
+        except Exception as err:  # any hub/download failure -> one clear sentence
+            raise RuntimeError(_tag_failure_message(cfg, tag_cfg, err)) from err
+    path = resolve_checkpoint("clip", cfg.pretrained)
+    # OpenAI's own file is a TorchScript archive, which torch only loads with
+    # weights_only=False; allow that only for known files whose SHA-256 was just verified.
+    trusted = path.name in KNOWN_CHECKPOINTS
+    return open_clip.create_model(
+        cfg.model_name, pretrained=str(path), weights_only=not trusted, **common
+    )
+
+
+def _tag_failure_message(cfg: ClipConfig, tag_cfg: dict[str, Any], err: Exception) -> str:
+    source = tag_cfg.get("hf_hub") or tag_cfg.get("url")
+    url = tag_cfg.get("url")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    alternative = (
+        f", or download {url} into {weights_dirs()[0]} and set clip.pretrained to "
+        f"{url.rsplit('/', 1)[-1]!r}" if url else ""
+    )
+    return (
+        f"open_clip could not load the {cfg.model_name} weights '{cfg.pretrained}' from "
+        f"{source} ({type(err).__name__}, HF_HUB_OFFLINE {'set' if offline else 'not set'}): "
+        f"run once with network access so the Hugging Face cache holds them{alternative}."
+    )
+
+
+def clip_dims(cfg: ClipConfig) -> tuple[int, int]:
+    """(token width C, text embedding D) of the configured model, without building it."""
+    model_cfg = model_config(cfg)
+    return int(model_cfg["vision_cfg"]["width"]), int(model_cfg["embed_dim"])

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from clipsam_lib import paths
+from clipsam_lib.config import ProfileConfig
 from clipsam_lib.io_utils import atomic_path, write_json_atomic
+from clipsam_lib.modeling import text_prompts
 
 STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -92,3 +98,252 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.rglob("*.pt"))
+
+
+# -- CLIP: stage tokens and text features ---------------------------------------------------
+# Entries of the CLIP cache: ``{"tokens": [n_stages, g*g, C]}`` per image (keyed by content
+# hash, resolution and backbone dtype) and ``{"text": [2, D]}`` per displayed class name.
+# A per-dataset manifest maps image paths to content hashes (checked against file size and
+# mtime), so readers find an image's entry without decoding the image again.
+
+CLIP_SUBDIR = "clip"
+
+
+@dataclass
+class ExtractionReport:
+    """What one ``extract_clip_features`` call did."""
+
+    dataset: str
+    images: int
+    computed: int  # images that went through the backbone
+    cached: int  # images already in the cache
+    texts_computed: int
+    seconds: float
+    cache_entries: int
+    cache_bytes: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.dataset}: {self.images} images ({self.computed} computed, {self.cached} "
+            f"cached), {self.texts_computed} new class texts, {self.seconds:.1f} s; CLIP cache "
+            f"{self.cache_entries} entries, {self.cache_bytes / 2**20:.1f} MiB"
+        )
+
+
+def clip_cache(profile: ProfileConfig) -> FeatureCache:
+    """The FeatureCache of the profile's CLIP configuration (no model is built)."""
+    from clipsam_lib.modeling.clip_backbone import clip_identity
+
+    return FeatureCache(
+        paths.cache_dir(profile) / CLIP_SUBDIR, clip_identity(profile.clip), profile.cache_dtype
+    )
+
+
+class ClipFeatureStore:
+    """Reads cached CLIP outputs for training and inference; never builds a backbone."""
+
+    def __init__(self, profile: ProfileConfig):
+        self.profile = profile
+        self.cfg = profile.clip
+        self.cache = clip_cache(profile)
+        self._manifests: dict[str, dict[str, Any]] = {}
+
+    # -- keys ------------------------------------------------------------------------------
+    def tokens_key(self, image_key: str) -> str:
+        return self.cache.key(
+            image_key, kind="clip_tokens", size=self.cfg.image_size, dtype=self.cfg.dtype
+        )
+
+    def text_key(self, class_name: str) -> str:
+        shown = text_prompts.display_name(class_name, self.cfg.keep_underscore)
+        name_hash = hashlib.sha256(f"{text_prompts.PROMPT_VERSION}|{shown}".encode()).hexdigest()
+        return self.cache.key(name_hash, kind="clip_text")
+
+    def image_key(self, dataset_name: str, rec: dict[str, Any]) -> str:
+        """Content hash of a record's image, from the manifest when the file is unchanged."""
+        path = paths.dataset_root(self.profile, dataset_name) / rec["img_path"]
+        known = self._known_hash(dataset_name, path, rec["img_path"])
+        if known is not None:
+            return known
+        key = image_hash(read_rgb(path))
+        self.remember(dataset_name, rec["img_path"], path, key)
+        return key
+
+    # -- reading ---------------------------------------------------------------------------
+    def tokens_for_key(self, image_key: str) -> list[torch.Tensor] | None:
+        """Float32 ``[g*g, C]`` per stage, or None when this image is not cached."""
+        entry = self.cache.get(self.tokens_key(image_key))
+        return None if entry is None else list(entry["tokens"].float().unbind(0))
+
+    def tokens(self, dataset_name: str, rec: dict[str, Any]) -> list[torch.Tensor]:
+        """Float32 ``[g*g, C]`` per stage of a record's image (raises if not extracted)."""
+        tokens = self.tokens_for_key(self.image_key(dataset_name, rec))
+        if tokens is None:
+            raise KeyError(
+                f"CLIP features of {dataset_name}/{rec['img_path']} are not in the cache "
+                f"{self.cache.dir}; run features.extract_clip_features(profile, "
+                f"{dataset_name!r}, records) first."
+            )
+        return tokens
+
+    def text(self, class_names: list[str]) -> torch.Tensor:
+        """``[n, 2, D]`` unit-norm text features (raises if a class was never extracted)."""
+        rows = []
+        for name in class_names:
+            entry = self.cache.get(self.text_key(name))
+            if entry is None:
+                raise KeyError(
+                    f"CLIP text features of class {name!r} are not in the cache "
+                    f"{self.cache.dir}; run features.extract_clip_features for a dataset "
+                    "with that class first."
+                )
+            # Stored in the compact cache dtype: re-normalise in float32.
+            rows.append(torch.nn.functional.normalize(entry["text"].float(), dim=-1))
+        return torch.stack(rows)
+
+    def has_text(self, class_name: str) -> bool:
+        return self.text_key(class_name) in self.cache
+
+    # -- manifest --------------------------------------------------------------------------
+    def _manifest(self, dataset_name: str) -> dict[str, Any]:
+        if dataset_name not in self._manifests:
+            file = self._manifest_path(dataset_name)
+            root = str(paths.dataset_root(self.profile, dataset_name))
+            try:
+                data = json.loads(file.read_text())
+            except (OSError, ValueError):
+                data = {}
+            if data.get("root") != root:
+                data = {"root": root, "files": {}}
+            self._manifests[dataset_name] = data
+        return self._manifests[dataset_name]
+
+    def _manifest_path(self, dataset_name: str) -> Path:
+        return self.cache.dir / "manifests" / f"{dataset_name}.json"
+
+    def _known_hash(self, dataset_name: str, path: Path, rel: str) -> str | None:
+        entry = self._manifest(dataset_name)["files"].get(rel)
+        if entry is None:
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return entry[2] if entry[:2] == [stat.st_size, stat.st_mtime_ns] else None
+
+    def remember(self, dataset_name: str, rel: str, path: Path, key: str) -> None:
+        stat = path.stat()
+        self._manifest(dataset_name)["files"][rel] = [stat.st_size, stat.st_mtime_ns, key]
+
+    def save_manifest(self, dataset_name: str) -> None:
+        """Write the manifest (merged with what another process may have added)."""
+        mine = self._manifest(dataset_name)
+        try:
+            theirs = json.loads(self._manifest_path(dataset_name).read_text())
+        except (OSError, ValueError):
+            theirs = {}
+        if theirs.get("root") == mine["root"]:
+            mine["files"] = {**theirs.get("files", {}), **mine["files"]}
+        write_json_atomic(self._manifest_path(dataset_name), mine)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 ``H x W x 3`` (the data layer's reader)."""
+    from clipsam_lib.data.io import read_image_rgb
+
+    return read_image_rgb(path)
+
+
+def extract_clip_features(
+    profile: ProfileConfig,
+    dataset_name: str,
+    records: list[dict[str, Any]],
+    backbone: Any = None,
+    progress: bool = True,
+    batch_size: int = 8,
+) -> ExtractionReport:
+    """Fill the CLIP cache for every record (stage tokens) and every class (text).
+
+    Images already cached are skipped; the backbone (``ClipBackbone``) is built only when
+    something is missing, unless one is passed. Safe to interrupt: finished images stay.
+    """
+    start = time.perf_counter()
+    store = ClipFeatureStore(profile)
+    root = paths.dataset_root(profile, dataset_name)
+    lazy = _LazyBackbone(profile, backbone)
+    batch: list[tuple[str, np.ndarray]] = []
+    computed = cached = 0
+    for rec in tqdm(records, desc=f"CLIP {dataset_name}", disable=not progress, unit="img"):
+        path = root / rec["img_path"]
+        key = store._known_hash(dataset_name, path, rec["img_path"])
+        if key is not None and store.tokens_key(key) in store.cache:
+            cached += 1
+            continue
+        image = read_rgb(path)
+        key = image_hash(image)
+        store.remember(dataset_name, rec["img_path"], path, key)
+        if store.tokens_key(key) in store.cache:
+            cached += 1
+            continue
+        batch.append((key, image))
+        if len(batch) == batch_size:
+            computed += _encode_and_store(store, lazy.get(), batch)
+            batch = []
+    computed += _encode_and_store(store, lazy.get(), batch) if batch else 0
+    store.save_manifest(dataset_name)
+    texts = _ensure_text(store, lazy, sorted({rec["cls_name"] for rec in records}))
+    return ExtractionReport(
+        dataset=dataset_name, images=len(records), computed=computed, cached=cached,
+        texts_computed=texts, seconds=time.perf_counter() - start,
+        cache_entries=len(store.cache), cache_bytes=store.cache.size_bytes(),
+    )
+
+
+def cache_clip_images(
+    profile: ProfileConfig,
+    images: list[np.ndarray],
+    backbone: Any = None,
+    progress: bool = False,
+    batch_size: int = 8,
+) -> list[str]:
+    """Cache the stage tokens of in-memory images (e.g. mosaics); returns their image keys."""
+    store = ClipFeatureStore(profile)
+    lazy = _LazyBackbone(profile, backbone)
+    keys = [image_hash(image) for image in images]
+    todo = [(k, im) for k, im in zip(keys, images) if store.tokens_key(k) not in store.cache]
+    todo = list(dict(todo).items())  # identical images once
+    for start in tqdm(range(0, len(todo), batch_size), desc="CLIP images", disable=not progress):
+        _encode_and_store(store, lazy.get(), todo[start:start + batch_size])
+    return keys
+
+
+class _LazyBackbone:
+    """Builds the ClipBackbone on first use only: a fully cached pass never loads CLIP."""
+
+    def __init__(self, profile: ProfileConfig, backbone: Any = None):
+        self.profile = profile
+        self.backbone = backbone
+
+    def get(self) -> Any:
+        if self.backbone is None:
+            from clipsam_lib.modeling.clip_backbone import ClipBackbone
+
+            self.backbone = ClipBackbone(self.profile.clip, self.profile.device)
+        return self.backbone
+
+
+def _encode_and_store(
+    store: ClipFeatureStore, backbone: Any, batch: list[tuple[str, np.ndarray]]
+) -> int:
+    pixels = torch.stack([backbone.preprocess(image) for _, image in batch])
+    stages = torch.stack(backbone.encode_stages(pixels), dim=1)  # [B, n_stages, g*g, C]
+    for (key, _), tokens in zip(batch, stages):
+        store.cache.put(store.tokens_key(key), {"tokens": tokens})
+    return len(batch)
+
+
+def _ensure_text(store: ClipFeatureStore, lazy: _LazyBackbone, class_names: list[str]) -> int:
+    missing = [name for name in class_names if not store.has_text(name)]
+    for name in missing:
+        store.cache.put(store.text_key(name), {"text": lazy.get().text_features([name])[0]})
+    return len(missing)

@@ -82,17 +82,20 @@ def segmentation_metrics(
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}.")
     pooled = pool_pixels(masks, maps)
-    result = ranking_metrics(pooled.neg, pooled.pos)
+    groups = positive_groups(pooled.neg, pooled.pos)
+    result = ranking_metrics(pooled.neg.size, pooled.pos.size, groups)
     if pro_variant in ("linear200", "both"):
         result["pro_linear200"] = pro_linear200(pooled, fpr_limit)
     if pro_variant in ("mvtec", "both"):
-        result["pro_mvtec"] = pro_mvtec(pooled, fpr_limit)
+        result["pro_mvtec"] = pro_mvtec(pooled, groups, fpr_limit)
     if pro_variant != "both":
         result["pro"] = result.pop(f"pro_{pro_variant}")
     return result
 
 
-def image_metrics(labels: np.ndarray | Sequence, scores: np.ndarray | Sequence) -> dict[str, float]:
+def image_metrics(
+    labels: np.ndarray | Sequence, scores: np.ndarray | Sequence
+) -> dict[str, float]:
     """Image-level AUROC, AP and F1-max (same definitions as the pixel metrics).
 
     ``labels``: 1-D bool or {0, 1} (1 = anomalous); ``scores``: 1-D finite reals.
@@ -110,7 +113,7 @@ def image_metrics(labels: np.ndarray | Sequence, scores: np.ndarray | Sequence) 
         raise ValueError("scores contain NaN or inf values; fix the model output first.")
     neg = np.sort(scores[~is_anomalous])
     pos = np.sort(scores[is_anomalous])
-    return ranking_metrics(neg, pos)
+    return ranking_metrics(neg.size, pos.size, positive_groups(neg, pos))
 
 
 # --------------------------------------------------------------------------- pooling
@@ -141,29 +144,31 @@ def pool_pixels(
         start = stop
         if n_pos:
             labels, n = ndimage.label(mk, structure=_EIGHT_CONNECTED)
-            region_of_pixel = labels[mk].astype(np.int64) - 1
+            region_of_pixel = labels[mk] - 1  # int32, 0..n-1
             pos_parts.append(amap[mk].astype(dtype, copy=False))
-            region_parts.append(region_of_pixel + n_regions)
+            region_parts.append(region_of_pixel + np.int32(n_regions))
             size_parts.append(np.bincount(region_of_pixel, minlength=n))
             n_regions += n
 
     neg.sort()  # in place; NaN sort to the end, -inf to the start: checked below for free
     if n_neg and not (np.isfinite(neg[0]) and np.isfinite(neg[-1])):
         raise ValueError("maps contain NaN or inf values; fix the model output first.")
-    pos = np.concatenate(pos_parts) if pos_parts else np.empty(0, dtype)
+    pos = _concatenate(pos_parts, dtype)
     if not np.isfinite(pos).all():
         raise ValueError("maps contain NaN or inf values; fix the model output first.")
     order = np.argsort(pos)
+    pos = pos[order]
+    pos_region = _concatenate(region_parts, np.int32)[order]
     return PooledScores(
-        neg=neg,
-        pos=pos[order],
-        pos_region=(np.concatenate(region_parts) if region_parts else np.empty(0, np.int64))[
-            order
-        ],
-        region_sizes=np.concatenate(size_parts).astype(np.int64)
-        if size_parts
-        else np.empty(0, np.int64),
+        neg=neg, pos=pos, pos_region=pos_region, region_sizes=_concatenate(size_parts, np.int64)
     )
+
+
+def _concatenate(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """Concatenate and empty ``parts`` (so the pieces are freed as soon as possible)."""
+    out = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+    parts.clear()
+    return out
 
 
 def _image_lists(masks, maps) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -227,46 +232,49 @@ def _as_real_scores(scores: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _PositiveGroups:
+class PositiveGroups:
     """Distinct anomalous scores (ascending) and where they fall among the normal ones."""
 
     values: np.ndarray  # distinct anomalous scores, ascending
-    starts: np.ndarray  # index of each group's first element in the sorted ``pos``
+    starts: np.ndarray  # index of each group's first element in the sorted ``pos`` (int64)
     counts: np.ndarray  # anomalous pixels per group (int64)
     neg_below: np.ndarray  # #normal < value (int64)
     neg_at_or_below: np.ndarray  # #normal <= value (int64)
 
 
-def _positive_groups(neg: np.ndarray, pos: np.ndarray) -> _PositiveGroups:
-    starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]]) if pos.size else np.empty(0, int)
+def positive_groups(neg: np.ndarray, pos: np.ndarray) -> PositiveGroups:
+    """Group the sorted anomalous scores by value; binary-search them in the sorted normal ones."""
+    is_start = np.empty(pos.size, dtype=bool)
+    is_start[:1] = True
+    np.not_equal(pos[1:], pos[:-1], out=is_start[1:])
+    starts = np.flatnonzero(is_start).astype(np.int64)
+    del is_start
     values = pos[starts]
-    return _PositiveGroups(
+    return PositiveGroups(
         values=values,
-        starts=starts.astype(np.int64),
-        counts=np.diff(np.r_[starts, pos.size]).astype(np.int64),
-        neg_below=np.searchsorted(neg, values, side="left").astype(np.int64),
-        neg_at_or_below=np.searchsorted(neg, values, side="right").astype(np.int64),
+        starts=starts,
+        counts=np.diff(starts, append=pos.size),
+        neg_below=np.searchsorted(neg, values, side="left").astype(np.int64, copy=False),
+        neg_at_or_below=np.searchsorted(neg, values, side="right").astype(np.int64, copy=False),
     )
 
 
-def ranking_metrics(neg: np.ndarray, pos: np.ndarray) -> dict[str, float]:
-    """AUROC, AP and F1-max from sorted (ascending) normal and anomalous scores."""
-    n_neg, n_pos = neg.size, pos.size
+def ranking_metrics(n_neg: int, n_pos: int, groups: PositiveGroups) -> dict[str, float]:
+    """AUROC, AP and F1-max from the anomalous score groups (see :func:`positive_groups`)."""
     nan = float("nan")
     if n_pos == 0:
         return {"auroc": nan, "ap": nan, "f1_max": nan}
-    groups = _positive_groups(neg, pos)
-    # AUROC = P(score_anomalous > score_normal) + 1/2 P(tie): the trapezoid ROC area.
-    # Twice the numerator in exact int64 arithmetic.
-    ties = groups.neg_at_or_below - groups.neg_below
-    twice_wins = int(np.sum(groups.counts * (2 * groups.neg_below + ties)))
+    counts, below = groups.counts, groups.neg_below
+    # AUROC = P(anomalous > normal) + 1/2 P(tie), the trapezoid ROC area: per group,
+    # counts * (#below + #tied / 2); doubled, it is an exact int64 sum.
+    twice_wins = int(np.dot(counts, below + groups.neg_at_or_below))
     auroc = twice_wins / (2 * n_pos * n_neg) if n_neg else nan
-    # Descending sweep: at threshold "score >= v" of each distinct anomalous score v.
-    true_pos = n_pos - groups.starts  # anomalous >= v
-    false_pos = n_neg - groups.neg_below  # normal >= v
-    precision = true_pos / (true_pos + false_pos)
-    ap = float(np.sum(groups.counts / n_pos * precision))
-    f1_max = float(np.max(2.0 * true_pos / (true_pos + false_pos + n_pos)))
+    # Descending sweep: at threshold "score >= v" of each distinct anomalous score v,
+    # TP = #anomalous >= v, FP = #normal >= v; recall rises by counts / n_pos there.
+    true_pos = n_pos - groups.starts
+    predicted_pos = true_pos + (n_neg - below)
+    ap = float(np.dot(counts, true_pos / predicted_pos)) / n_pos
+    f1_max = float(np.max(2.0 * true_pos / (predicted_pos + n_pos)))
     return {"auroc": float(auroc), "ap": ap, "f1_max": f1_max}
 
 
@@ -275,55 +283,48 @@ def ranking_metrics(neg: np.ndarray, pos: np.ndarray) -> dict[str, float]:
 
 def _region_weights(pooled: PooledScores) -> np.ndarray:
     """Per anomalous pixel: how much PRO rises when it turns positive, 1/|region|/#regions."""
-    n_regions = pooled.region_sizes.size
-    return 1.0 / (pooled.region_sizes[pooled.pos_region] * float(n_regions))
+    per_region = 1.0 / (pooled.region_sizes * float(pooled.region_sizes.size))
+    return per_region[pooled.pos_region]
 
 
-def pro_mvtec(pooled: PooledScores, fpr_limit: float = 0.3) -> float:
+def pro_mvtec(pooled: PooledScores, groups: PositiveGroups, fpr_limit: float = 0.3) -> float:
     """Official MVTec AD AUPRO up to ``fpr_limit``, normalized by it (exact, float64).
 
     Curve: points at each distinct score (descending), (0, 0) prepended, linear between
-    points; the PRO at ``fpr_limit`` is interpolated on the segment that crosses it.
-    Area = sum over normal pixels in the fully counted groups of (PRO before + PRO after
-    their group) / 2 / #normal, rewritten as a sum over anomalous groups (see below).
+    points; the PRO at ``fpr_limit`` is interpolated on the segment that crosses it. Only
+    groups holding normal pixels have width; a group at score v spans
+    [#normal > v, #normal >= v] / #normal with PRO going from PRO(> v) to PRO(>= v).
     """
-    neg, pos = pooled.neg, pooled.pos
-    n_neg = neg.size
+    neg, n_neg = pooled.neg, pooled.neg.size
     if pooled.region_sizes.size == 0 or n_neg == 0:
         return float("nan")
-    weights = _region_weights(pooled)
-    groups = _positive_groups(neg, pos)
-    group_weight = np.add.reduceat(weights, groups.starts)
-    # PRO reached with all anomalous pixels >= pos[i] (suffix sums; index len -> 0).
-    pro_from = np.r_[np.cumsum(weights[::-1])[::-1], 0.0]
+    group_weight = np.add.reduceat(_region_weights(pooled), groups.starts)
+    # PRO with every anomalous group >= group g turned positive; index len(groups) -> 0.
+    pro_from = np.append(np.cumsum(group_weight[::-1])[::-1], 0.0)
 
-    # The group crossing the limit: it holds the (k+1)-th highest normal score, k being
-    # the most normal pixels whose FPR k/n_neg stays <= the limit (float64, as compared).
+    # The crossing group holds the (k+1)-th highest normal score, k being the most normal
+    # pixels whose FPR k / n_neg stays <= the limit (float64, as the curve compares it).
     k = _max_count_within(fpr_limit, n_neg)
-    if k >= n_neg:  # limit 1: every group fully counted
-        cut_value_le = 0  # normal pixels strictly above the cut: all of them
-        partial = 0.0
-    else:
+    partial, normal_at_or_below_cut = 0.0, 0  # k == n_neg: every group fully counted
+    if k < n_neg:
         cut_value = neg[n_neg - 1 - k]
-        cut_value_le = int(np.searchsorted(neg, cut_value, side="right"))
-        cut_value_lt = int(np.searchsorted(neg, cut_value, side="left"))
-        fpr_before = (n_neg - cut_value_le) / n_neg
-        fpr_after = (n_neg - cut_value_lt) / n_neg
-        pro_before = min(pro_from[np.searchsorted(pos, cut_value, side="right")], 1.0)
-        pro_after = min(pro_from[np.searchsorted(pos, cut_value, side="left")], 1.0)
-        partial = 0.0
+        normal_at_or_below_cut = int(np.searchsorted(neg, cut_value, side="right"))
+        fpr_before = (n_neg - normal_at_or_below_cut) / n_neg
+        fpr_after = (n_neg - int(np.searchsorted(neg, cut_value, side="left"))) / n_neg
+        values = groups.values
+        pro_before = min(pro_from[np.searchsorted(values, cut_value, side="right")], 1.0)
+        pro_after = min(pro_from[np.searchsorted(values, cut_value, side="left")], 1.0)
         if fpr_before != fpr_limit:  # the limit falls inside this group's segment
             pro_at_limit = pro_before + (pro_after - pro_before) * (
                 (fpr_limit - fpr_before) / (fpr_after - fpr_before)
             )
             partial = 0.5 * (pro_before + pro_at_limit) * (fpr_limit - fpr_before)
-    # Fully counted normal pixels are those above cut_value. An anomalous group at v adds
-    # its weight to PRO before the normal pixels below v (and half, by the trapezoid, for
-    # the normal pixels tied with v), so each such normal pixel's trapezoid gains
-    # weight * (1 if below, 1/2 if tied) / n_neg.
-    below = np.maximum(groups.neg_below - cut_value_le, 0)
-    at_or_below = np.maximum(groups.neg_at_or_below - cut_value_le, 0)
-    full_area = float(np.sum(group_weight * (below + at_or_below))) / (2.0 * n_neg)
+    # Fully counted: the normal pixels above cut_value. Each one's trapezoid holds the
+    # weight of every anomalous group above it, and half the weight of a tied group. So
+    # an anomalous group g adds weight_g * (#counted normal < v_g + #counted <= v_g) / 2.
+    counted_below = np.maximum(groups.neg_below - normal_at_or_below_cut, 0)
+    counted_below += np.maximum(groups.neg_at_or_below - normal_at_or_below_cut, 0)
+    full_area = float(np.dot(group_weight, counted_below)) / (2.0 * n_neg)
     return float((full_area + partial) / fpr_limit)
 
 
@@ -364,7 +365,9 @@ def pro_linear200(pooled: PooledScores, fpr_limit: float = 0.3) -> float:
     min_score = min(neg[0], pos[0])
     max_score = max(neg[-1], pos[-1])
     if min_score == max_score:
-        warnings.warn("linear200 PRO is undefined on a constant map; returning NaN.", stacklevel=2)
+        warnings.warn(
+            "linear200 PRO is undefined on a constant map; returning NaN.", stacklevel=3
+        )
         return float("nan")
     thresholds = _floor_to_dtype(linear200_thresholds(min_score, max_score), neg.dtype)
     # score > t  <=>  score > floor_dtype(t) for scores of that dtype, so all comparisons
@@ -372,7 +375,8 @@ def pro_linear200(pooled: PooledScores, fpr_limit: float = 0.3) -> float:
     fprs = (neg.size - np.searchsorted(neg, thresholds, side="right")) / neg.size
     # Bin j = #thresholds below the score: the pixel counts at thresholds 0..j-1.
     bins = np.searchsorted(thresholds, pos, side="left")
-    weight_per_bin = np.bincount(bins, weights=_region_weights(pooled), minlength=len(thresholds) + 1)
+    weights = _region_weights(pooled)
+    weight_per_bin = np.bincount(bins, weights=weights, minlength=len(thresholds) + 1)
     pros = np.cumsum(weight_per_bin[::-1])[::-1][1:]  # PRO(t_k) = sum over bins j > k
 
     kept = fprs < fpr_limit
@@ -382,7 +386,7 @@ def pro_linear200(pooled: PooledScores, fpr_limit: float = 0.3) -> float:
             f"linear200 PRO is undefined here: fewer than two distinct FPRs below "
             f"{fpr_limit} among its thresholds (binary or near-binary maps); returning NaN. "
             "Use pro_variant='mvtec' for such maps.",
-            stacklevel=2,
+            stacklevel=3,
         )
         return float("nan")
     rescaled = (kept_fprs - kept_fprs.min()) / (kept_fprs.max() - kept_fprs.min())

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 DATASETS = ("mvtec", "visa", "mtd", "ksdd2")
+SPLITS = ("train", "test")
 
 
 def _check_root(root: Path, dataset: str) -> None:
@@ -77,9 +78,9 @@ def default_meta_path(root: str | Path, dataset: str, split: str | None = None) 
 
 def _matches_request(index: Any, dataset: str, split: str | None, mask_threshold: float) -> bool:
     """Whether a stored meta.json is a usable index for this request."""
-    if not isinstance(index, dict) or not {"train", "test"} <= set(index):
+    if not isinstance(index, dict) or not all(isinstance(index.get(s), dict) for s in SPLITS):
         return False
-    recs = [r for split_dict in index.values() for rs in split_dict.values() for r in rs]
+    recs = [r for split in SPLITS for rs in index[split].values() for r in rs]
     if not recs or "width" not in recs[0]:  # e.g. a peer's meta.json without sizes
         return False
     if dataset in ("mtd", "ksdd2") and recs[0].get("mask_threshold") != mask_threshold:

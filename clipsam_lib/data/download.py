@@ -232,6 +232,7 @@ def download_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     archive_path, digest = _archive_path(name, source, root, archive, url, progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.extract-", dir=root.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become the dataset's mode
     try:
         if archive_path.is_dir():
             shutil.copytree(archive_path, staging, dirs_exist_ok=True,

@@ -41,7 +41,7 @@ from clipsam_lib.data import index_dataset
 from clipsam_lib.data.io import DatasetError
 from clipsam_lib.io_utils import write_json_atomic
 
-GENERATOR_VERSION = 1  # bump whenever the pictures change: old builds are then rebuilt
+GENERATOR_VERSION = 2  # bump whenever the pictures change: old builds are then rebuilt
 MANIFEST_NAME = "build_manifest.json"
 UNHASHED = {MANIFEST_NAME, "meta.json"}  # derived files, rewritten by the notebook/CLI
 
@@ -199,6 +199,16 @@ def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     return noise / (noise.std() + 1e-6)
 
 
+def _stain_colour(surroundings: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A stain colour that differs from what it covers (brown on a brown cat is invisible)."""
+    colours = np.asarray(STAIN_COLOURS, np.float32)
+    if surroundings.shape[0] == 1:
+        colours = colours.mean(axis=1, keepdims=True)
+    distance = np.abs(colours - surroundings).mean(axis=1)
+    distinct = np.flatnonzero(distance > 0.2)
+    return colours[rng.choice(distinct) if distinct.size else int(distance.argmax())]
+
+
 def _stain(image: np.ndarray, kind: str, rng: np.random.Generator):
     height, width = image.shape[:2]
     side = min(height, width)
@@ -213,9 +223,7 @@ def _stain(image: np.ndarray, kind: str, rng: np.random.Generator):
     mask = np.sqrt(u**2 + v**2) + 0.25 * noise < 1.0  # an irregular blob
     if mask.sum() < 20:
         mask = u**2 + v**2 < 1.0
-    colour = np.asarray(STAIN_COLOURS[int(rng.integers(len(STAIN_COLOURS)))], np.float32)
-    if image.shape[2] == 1:
-        colour = colour.mean(keepdims=True)
+    colour = _stain_colour(image[mask].mean(axis=0), rng)
     alpha = np.clip(0.6 + 0.1 * noise[mask], 0.4, 0.8)[:, None]
     image[mask] = (1 - alpha) * image[mask] + alpha * colour
     return image, mask
@@ -228,7 +236,7 @@ def _pit(image: np.ndarray, kind: str, rng: np.random.Generator):
     mask = np.zeros((height, width), bool)
     for _ in range(int(rng.integers(1, 4))):
         cy, cx = _defect_centre(image.shape, kind, rng)
-        radius = max(3.0, rng.uniform(0.02, 0.045) * side)
+        radius = max(3.0, rng.uniform(0.025, 0.055) * side)
         distance = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
         disc = distance <= radius
         depth = distance[disc] / radius  # 0 at the centre, 1 at the rim: a shaded hole
@@ -240,19 +248,30 @@ def _pit(image: np.ndarray, kind: str, rng: np.random.Generator):
 
 
 def _patch(image: np.ndarray, kind: str, rng: np.random.Generator):
-    """Cut a square from elsewhere in the picture, turn it and change its brightness."""
+    """Cut a square from elsewhere in the picture, turn it, change its brightness, paste it.
+
+    Of a few candidate sources the one that differs most from the covered square wins:
+    a patch of sky pasted onto sky would be a defect no one could see.
+    """
     height, width = image.shape[:2]
     size = int(rng.uniform(0.14, 0.22) * min(height, width))
     cy, cx = _defect_centre(image.shape, kind, rng)
     ty = int(np.clip(cy - size / 2, 0, height - size))
     tx = int(np.clip(cx - size / 2, 0, width - size))
-    for _ in range(50):  # a source square that does not overlap the target
+    target = image[ty:ty + size, tx:tx + size]
+    turns, gain = int(rng.integers(1, 4)), float(rng.choice([0.65, 1.35]))
+    best, best_difference = None, -1.0
+    for _ in range(8):
         sy, sx = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-        if abs(sy - ty) >= size or abs(sx - tx) >= size:
-            break
-    piece = np.rot90(image[sy:sy + size, sx:sx + size], k=int(rng.integers(1, 4)))
-    gain = rng.choice([0.65, 1.35])
-    image[ty:ty + size, tx:tx + size] = np.clip(piece * gain, 0.0, 1.0)
+        if abs(sy - ty) < size and abs(sx - tx) < size:
+            continue  # overlaps the target
+        piece = np.clip(np.rot90(image[sy:sy + size, sx:sx + size], k=turns) * gain, 0.0, 1.0)
+        difference = float(np.abs(piece - target).mean())
+        if difference > best_difference:
+            best, best_difference = piece, difference
+    if best is None:  # no room for a separate source: turn the target itself
+        best = np.clip(np.rot90(target, k=turns) * gain, 0.0, 1.0)
+    image[ty:ty + size, tx:tx + size] = best
     mask = np.zeros((height, width), bool)
     mask[ty:ty + size, tx:tx + size] = True
     return image, mask
@@ -466,6 +485,7 @@ def build_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     classes = CATALOG[layout][:SCALES[scale].classes]
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become the dataset's mode
     try:
         files = WRITERS[layout](staging, classes, SCALES[scale], seed)
         _write(staging, "README.txt", _readme(layout, classes, scale, seed), files)

@@ -18,11 +18,11 @@ class UserError(Exception):
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
-    from clipsam_lib.data import index_dataset
+    from clipsam_lib.data import default_meta_path, index_dataset
     from clipsam_lib.io_utils import write_json_atomic
 
     meta = index_dataset(args.root, args.dataset, split=args.split)
-    out = Path(args.out) if args.out else Path(args.root) / "meta.json"
+    out = Path(args.out) if args.out else default_meta_path(args.root, args.dataset, args.split)
     write_json_atomic(out, meta)
     counts = {split: sum(len(v) for v in meta[split].values()) for split in meta}
     print(f"wrote {out}: {json.dumps(counts)}")
@@ -31,7 +31,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
 def _cmd_download(args: argparse.Namespace) -> None:
     from clipsam_lib.data.download import download_dataset
 
-    root = download_dataset(args.dataset, args.root, archive=args.archive)
+    root = download_dataset(args.dataset, args.root, archive=args.archive, url=args.url)
     print(f"{args.dataset} ready at {root}")
 
 
@@ -39,7 +39,7 @@ def _cmd_build_benchmark(args: argparse.Namespace) -> None:
     from clipsam_lib.config import load_profile
     from clipsam_lib.data.synthetic import build_embedded_benchmark
 
-    roots = build_embedded_benchmark(load_profile(args.profile))
+    roots = build_embedded_benchmark(load_profile(args.profile), force=args.force)
     for name, root in roots.items():
         print(f"{name}: {root}")
 
@@ -58,17 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True)
     p.add_argument("--split", default=None, help="ksdd2 only: test (official) or train (peer)")
-    p.add_argument("--out", default=None, help="default: <root>/meta.json")
+    p.add_argument("--out", default=None,
+                   help="default: <root>/meta.json (ksdd2 --split train: meta_peer.json)")
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("download", help="download (or take --archive), verify sha256, extract")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True)
     p.add_argument("--archive", default=None, help="an archive you downloaded by hand")
+    p.add_argument("--url", default=None, help="another download link (the sha256 is still checked)")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("build-benchmark", help="build the embedded synthetic benchmark")
     p.add_argument("--profile", default="smoke")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.set_defaults(func=_cmd_build_benchmark)
 
     p = sub.add_parser("run", help="execute the numbered notebooks through papermill")

@@ -274,6 +274,9 @@ def test_cli_index_writes_meta(tmp_path, data_trees, capsys):
     assert cli.main(["index", "--dataset", "ksdd2", "--root", str(root), "--split", "train",
                      "--out", str(out)]) == 0
     assert len(json.loads(out.read_text())["test"]["ksdd2"]) == 3
+    assert cli.main(["index", "--dataset", "ksdd2", "--root", str(root), "--split", "train"]) == 0
+    assert json.loads((root / "meta_peer.json").read_text())["test"]["ksdd2"][0]["variant"] == \
+        "peer_compatible"
     assert "peer.json" in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""What a dataset holds, for notebook 00: per-class counts and sizes, and a sample figure."""
+"""Notebook 00's steps: prepare a profile's datasets, count them, show samples."""
 
 from __future__ import annotations
 
@@ -8,9 +8,39 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from clipsam_lib.data import Index, Record, records
+from clipsam_lib import paths
+from clipsam_lib.config import ProfileConfig
+from clipsam_lib.data import Index, Record, load_or_build_index, records
 from clipsam_lib.data.io import check_mask_matches, read_image_rgb, read_mask
+from clipsam_lib.data.synthetic import build_embedded_benchmark
 from clipsam_lib.io_utils import atomic_path
+
+
+def prepare_datasets(
+    profile: ProfileConfig, *, rebuild: bool = False
+) -> dict[str, tuple[Path, Index]]:
+    """Build the profile's synthetic datasets, index every dataset (meta.json in its root).
+
+    Returns ``{name: (root, index)}``, the index restricted to the profile's classes.
+    A real dataset that is missing raises DatasetError naming the ``clipsam download``
+    command; ``rebuild`` rebuilds synthetic trees and re-indexes everything.
+    """
+    build_embedded_benchmark(profile, force=rebuild)
+    prepared = {}
+    for spec in profile.datasets:
+        root = paths.dataset_root(profile, spec.name)
+        index = load_or_build_index(root, spec.layout, spec.split, rebuild=rebuild,
+                                    mask_threshold=profile.eval.mask_threshold)
+        prepared[spec.name] = (root, select_classes(index, spec.classes))
+    return prepared
+
+
+def select_classes(index: Index, classes: list[str] | None) -> Index:
+    """The index restricted to ``classes`` (None: all); unknown names raise DatasetError."""
+    if classes is None:
+        return index
+    records(index, "test", classes=classes)  # validates the names
+    return {split: {c: recs for c, recs in d.items() if c in classes} for split, d in index.items()}
 
 
 def _span(values: list[int]) -> str:

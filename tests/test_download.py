@@ -70,8 +70,10 @@ def test_ready_root_is_only_indexed(tmp_path, mvtec_archive, monkeypatch):
     download_dataset("mvtec", root, archive=mvtec_archive, progress=False)
     (root / "meta.json").unlink()
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setattr(download, "_extract", lambda *a: pytest.fail("extracted again"))
     download_dataset("mvtec", root, progress=False)
     assert (root / "meta.json").is_file()
+    download_dataset("mvtec", root, archive=mvtec_archive, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
@@ -184,7 +186,8 @@ def test_existing_folder_is_never_overwritten(tmp_path, mvtec_archive):
     root = tmp_path / "mvtec"
     root.mkdir()
     (root / "notes.txt").write_text("mine")
-    with pytest.raises(download.DatasetError, match="exists but is not a complete mvtec tree"):
+    with pytest.raises(download.DatasetError,
+                       match=r"exists but is not a complete mvtec tree \(.*not an MVTec AD tree"):
         download_dataset("mvtec", root, archive=mvtec_archive, progress=False)
     assert [p.name for p in root.iterdir()] == ["notes.txt"]
     empty = tmp_path / "empty"

@@ -16,7 +16,7 @@ from clipsam_lib.config import load_profile
 from clipsam_lib.data import DatasetError, index_dataset, records
 from clipsam_lib.data import synthetic as syn
 from clipsam_lib.data.io import read_image_rgb, read_mask
-from clipsam_lib.data.summary import counts_table, sample_figure
+from clipsam_lib.data.summary import counts_table, prepare_datasets, sample_figure
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -182,3 +182,23 @@ def test_summary_table_and_figure(tiny, tmp_path):
     out = sample_figure({k: (tiny[k.split("_")[1]], v) for k, v in indexes.items()},
                         tmp_path / "fig.png")
     assert Image.open(out).size[0] > 300
+
+
+def test_prepare_datasets_builds_indexes_and_selects_classes(tmp_path, data_trees):
+    data_trees.ksdd2(tmp_path / "KolektorSDD2", {"train": (3, 1), "test": (2, 1)})
+    profile = load_profile("smoke", data_dir=str(tmp_path), synthetic_scale="tiny")
+    profile.datasets[1].classes = ["coins"]
+    profile.datasets.append(type(profile.datasets[0])(
+        name="ksdd2_peer", layout="ksdd2", root="KolektorSDD2", split="train"))
+    prepared = prepare_datasets(profile)
+    assert list(prepared) == ["synth_mvtec", "synth_visa", "ksdd2_peer"]
+    assert list(prepared["synth_visa"][1]["test"]) == ["coins"]
+    assert len(prepared["ksdd2_peer"][1]["test"]["ksdd2"]) == 3
+    assert (tmp_path / "KolektorSDD2" / "meta_peer.json").is_file()
+    assert (tmp_path / "synth_mvtec" / "meta.json").is_file()
+    profile.datasets.append(type(profile.datasets[0])(name="mvtec", layout="mvtec", root="absent"))
+    with pytest.raises(DatasetError, match="absent does not exist; download it with `clipsam"):
+        prepare_datasets(profile)
+    profile.datasets[1].classes = ["gear"]
+    with pytest.raises(DatasetError, match="gear are not in the test split"):
+        prepare_datasets(profile)

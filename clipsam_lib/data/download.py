@@ -153,6 +153,14 @@ def _extract(archive: Path, dest: Path, progress: bool) -> None:
                            f"({type(err).__name__}); download it again.") from None
 
 
+def _write_meta(tree: Path, name: str) -> None:
+    """meta.json (and KSDD2's peer-compatible meta_peer.json); raises on a broken tree."""
+    splits = ("test", "train") if name == "ksdd2" else (None,)
+    indexes = {split: index_dataset(tree, name, split) for split in splits}
+    for split, index in indexes.items():
+        write_json_atomic(default_meta_path(tree, name, split), index)
+
+
 def _layout_root(staging: Path, name: str, archive: Path) -> Path:
     """The folder of ``staging`` that holds the layout: itself or its one sub-folder."""
     entries = [p for p in staging.iterdir() if not p.name.startswith(".")]
@@ -162,10 +170,7 @@ def _layout_root(staging: Path, name: str, archive: Path) -> Path:
     error: DatasetError | None = None
     for candidate in candidates:
         try:
-            write_json_atomic(default_meta_path(candidate, name), index_dataset(candidate, name))
-            if name == "ksdd2":
-                write_json_atomic(default_meta_path(candidate, name, "train"),
-                                  index_dataset(candidate, name, "train"))
+            _write_meta(candidate, name)
             return candidate
         except DatasetError as err:
             error = error or err
@@ -187,19 +192,20 @@ def _install(staging: Path, root: Path, name: str, archive: Path, digest: str | 
     return root
 
 
-def _check_target(root: Path, name: str) -> None:
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise DatasetError(
-            f"{root} exists but is not a complete {name} tree; move it away (or delete it) "
-            f"so it can be replaced, or choose another --root."
-        )
+def _use_existing(root: Path, name: str) -> bool:
+    """Index a non-empty ``root`` in place (True); False when there is nothing there yet.
 
-
-def _is_ready(root: Path, name: str) -> bool:
-    try:
-        index_dataset(root, name)
-    except DatasetError:
+    An existing folder is never overwritten: one that does not index cleanly is an error.
+    """
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return False
+    try:
+        _write_meta(root, name)
+    except DatasetError as err:
+        raise DatasetError(
+            f"{root} exists but is not a complete {name} tree ({str(err).rstrip('.')}); fix it, "
+            f"or move it away so it can be replaced, or choose another --root."
+        ) from None
     return True
 
 
@@ -213,7 +219,8 @@ def download_dataset(
 ) -> Path:
     """Make ``root`` a verified, indexed copy of dataset ``name`` and return it.
 
-    - ``root`` already holds a valid tree: it is indexed (meta.json) and left alone.
+    - ``root`` already holds a valid tree: it is indexed (meta.json) and left alone,
+      whatever ``archive`` says (delete ``root`` to install again).
     - ``archive``: a file the user downloaded (zip/tar/tar.xz), or a folder (e.g. an MTD
       clone); its sha256 is checked against the published one.
     - otherwise the archive is downloaded (from ``url`` or ``SOURCES``) to
@@ -225,10 +232,8 @@ def download_dataset(
         raise DatasetError(f"Dataset {name!r} is unknown; use one of {', '.join(SOURCES)}.")
     source = SOURCES[name]
     root = Path(root).expanduser().resolve()
-    if archive is None and _is_ready(root, name):
-        write_json_atomic(default_meta_path(root, name), index_dataset(root, name))
+    if _use_existing(root, name):  # nothing to download or extract (delete root to redo it)
         return root
-    _check_target(root, name)
     root.parent.mkdir(parents=True, exist_ok=True)
     archive_path, digest = _archive_path(name, source, root, archive, url, progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.extract-", dir=root.parent))

@@ -122,7 +122,7 @@ def index_visa(root: Path) -> Index:
             f"split_csv/1cls.csv beside <class>/Data/Images/{{Normal,Anomaly}}/*.JPG; point "
             f"--root at the extracted VisA_20220922 folder."
         )
-    with csv_path.open(newline="") as handle:
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate a BOM
         rows = list(csv.reader(handle))
     header = [c.strip() for c in rows[0]] if rows else []
     if header != VISA_HEADER:

@@ -176,7 +176,7 @@ def test_missing_root(tmp_path):
 @pytest.mark.parametrize(("layout", "expected"), [
     ("mvtec", r"not an MVTec AD tree: expected <class>/test/<defect>/NNN.png"),
     ("mtd", r"not an MTD tree: expected MT_<defect>/Imgs"),
-    ("ksdd2", r"not a KSDD2 tree: train, test/ is missing"),
+    ("ksdd2", r"not a KSDD2 tree: train/ and test/ are missing"),
 ])
 def test_wrong_layout_names_what_was_expected(visa_tree, layout, expected):
     with pytest.raises(DatasetError, match=expected):

@@ -223,7 +223,8 @@ def index_ksdd2(root: Path, split: str = "test", mask_threshold: float = 0.0) ->
     missing = [name for name in ("train", "test") if not (root / name).is_dir()]
     if missing:
         raise DatasetError(
-            f"{root} is not a KSDD2 tree: {', '.join(missing)}/ is missing; expected train/ "
+            f"{root} is not a KSDD2 tree: {' and '.join(m + '/' for m in missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing; expected train/ "
             f"and test/ holding NNNNN.png with NNNNN_GT.png; point --root at KolektorSDD2."
         )
     variant = KSDD2_VARIANTS[split]

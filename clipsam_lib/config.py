@@ -126,10 +126,15 @@ class DatasetSpec:
 
 @dataclass
 class Direction:
-    """One zero-shot direction: train UMCI on ``train`` (test split), evaluate on ``test``."""
+    """One zero-shot direction: train UMCI on ``train`` (test split), evaluate on ``test``.
+
+    ``generalization`` datasets (the journal version's MTD and KSDD2) are evaluated with
+    the same model only in the final tables, not in every ablation and sweep.
+    """
 
     train: str
     test: list[str]
+    generalization: list[str] = field(default_factory=list)
 
 
 @dataclass

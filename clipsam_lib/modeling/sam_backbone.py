@@ -30,6 +30,7 @@ from segment_anything.modeling import Sam
 
 from clipsam_lib.config import ProfileConfig, SamConfig
 from clipsam_lib.features import FeatureCache, image_hash
+from clipsam_lib.weights import resolve_checkpoint, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +61,13 @@ SAM_REGISTRY = {
     "tiny": build_sam_tiny,
 }
 
-# The official checkpoint of each size (what ``checkpoint`` names in the paper profile).
-OFFICIAL_CHECKPOINTS = {
-    "vit_h": "sam_vit_h_4b8939.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_b": "sam_vit_b_01ec64.pth",
-}
-
-
 def resolve_sam_checkpoint(name_or_path: str) -> Path:
-    """The checkpoint file for ``name_or_path``; a one-sentence error if it is missing.
+    """The checkpoint file (a path, or a file name searched in the weights folders).
 
-    Uses ``clipsam_lib.weights.resolve_checkpoint`` (config field, env var, weights dir)
-    when available, else accepts an existing path.
+    A missing file is a one-sentence FileNotFoundError naming the file, where it was
+    looked for and where to download it (``weights.resolve_checkpoint``).
     """
-    try:
-        from clipsam_lib.weights import resolve_checkpoint
-    except ImportError:  # weights.py not in this checkout yet: plain paths only
-        path = Path(name_or_path).expanduser()
-        if path.is_file():
-            return path
-        raise FileNotFoundError(
-            f"SAM checkpoint {name_or_path!r} not found at {path.resolve()}; download it "
-            f"(e.g. {OFFICIAL_CHECKPOINTS['vit_h']}) and set sam.checkpoint to its path, "
-            f"or set sam.checkpoint: null for a random-init model."
-        ) from None
-    return Path(resolve_checkpoint("sam", name_or_path))
+    return resolve_checkpoint("sam", name_or_path)
 
 
 def _check_config(cfg: SamConfig) -> None:
@@ -152,8 +134,8 @@ def sam_identity(cfg: SamConfig) -> dict[str, Any]:
     """What determines SAM's image embedding: architecture, weights, dtype.
 
     Computed from the config alone (never builds the model), so cached embeddings can be
-    read without loading SAM. The checkpoint is identified by its file name and size
-    (hashing 2.5 GB per run would cost more than it protects).
+    read without loading SAM. The checkpoint is identified by its file name and SHA-256
+    (``weights.weights_identity``, which hashes a file once and remembers it).
     """
     identity: dict[str, Any] = {
         "kind": "sam",
@@ -163,9 +145,8 @@ def sam_identity(cfg: SamConfig) -> dict[str, Any]:
     }
     if cfg.checkpoint is None:
         identity["weights"] = f"random-init:seed={cfg.seed}"
-    else:
-        path = resolve_sam_checkpoint(cfg.checkpoint)
-        identity["weights"] = f"{path.name}:{path.stat().st_size}"
+        return identity
+    identity["weights"] = weights_identity("sam", cfg.checkpoint)
     return identity
 
 
@@ -254,42 +235,51 @@ def sam_cache(profile: ProfileConfig) -> FeatureCache:
                         profile.cache_dtype)
 
 
-def embedding_key(cache: FeatureCache, image_rgb: np.ndarray) -> str:
-    """Cache key of an image's embedding (image content + SAM input size)."""
-    return cache.key(image_hash(image_rgb), image_size=SAM_IMAGE_SIZE)
+def embedding_key(cache: FeatureCache, image_rgb: np.ndarray | str) -> str:
+    """Cache key of an image's embedding (image content + SAM input size).
+
+    ``image_rgb`` is the image or its ``features.image_hash`` (e.g. from the CLIP
+    store's manifest, which spares decoding the image again).
+    """
+    content = image_rgb if isinstance(image_rgb, str) else image_hash(image_rgb)
+    return cache.key(content, kind="sam_embedding", image_size=SAM_IMAGE_SIZE)
 
 
 def cached_embedding(
-    cache: FeatureCache, image_rgb: np.ndarray, backbone: SamBackbone | None = None
+    cache: FeatureCache, image_rgb: np.ndarray | str, backbone: SamBackbone | None = None
 ) -> SamEmbedding:
-    """The image's embedding from the cache; computed and stored if a backbone is given.
+    """The embedding of an image (or image hash) from the cache.
 
-    Without a backbone this never builds SAM, and a missing entry is a clear error.
+    A missing entry is computed and stored when a backbone and the image itself are
+    given; otherwise it is a clear error, and SAM is never built here.
     """
     key = embedding_key(cache, image_rgb)
     tensors = cache.get(key)
     if tensors is not None:
         return SamEmbedding.from_tensors(tensors)
-    if backbone is None:
+    if backbone is None or isinstance(image_rgb, str):
         raise KeyError(
             f"No cached SAM embedding for this image in {cache.dir}; run "
             "extract_sam_embeddings(profile, dataset_name, records) first."
         )
-    embedding = backbone.embed(image_rgb)
-    cache.put(key, embedding.to_tensors())
-    return embedding
+    cache.put(key, backbone.embed(image_rgb).to_tensors())
+    # Read back what was stored, so a warm and a cold cache give the same numbers.
+    return SamEmbedding.from_tensors(cache.get(key))
 
 
 class SamEmbeddingReader:
-    """Reads cached SAM embeddings of a profile without ever building SAM."""
+    """Reads cached SAM embeddings of a profile without ever building SAM.
+
+    Call it with an RGB image or its ``features.image_hash``.
+    """
 
     def __init__(self, profile: ProfileConfig):
         self.cache = sam_cache(profile)
 
-    def __call__(self, image_rgb: np.ndarray) -> SamEmbedding:
+    def __call__(self, image_rgb: np.ndarray | str) -> SamEmbedding:
         return cached_embedding(self.cache, image_rgb)
 
-    def has(self, image_rgb: np.ndarray) -> bool:
+    def has(self, image_rgb: np.ndarray | str) -> bool:
         return embedding_key(self.cache, image_rgb) in self.cache
 
 

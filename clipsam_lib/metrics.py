@@ -22,7 +22,7 @@ Public API: :func:`segmentation_metrics` and :func:`image_metrics`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,9 @@ from scipy import ndimage
 
 PRO_VARIANTS = ("linear200", "mvtec", "both")
 LINEAR_STEPS = 200  # thresholds of the peers' cal_pro_score
+# Per-group and per-pixel arithmetic runs in chunks of this many elements, so its
+# temporaries stay at a few MiB however many anomalous pixels a class has.
+CHUNK = 1 << 20
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -259,32 +262,46 @@ def positive_groups(neg: np.ndarray, pos: np.ndarray) -> PositiveGroups:
     )
 
 
+def _chunks(n: int) -> Iterator[slice]:
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
+
+
 def ranking_metrics(n_neg: int, n_pos: int, groups: PositiveGroups) -> dict[str, float]:
     """AUROC, AP and F1-max from the anomalous score groups (see :func:`positive_groups`)."""
     nan = float("nan")
     if n_pos == 0:
         return {"auroc": nan, "ap": nan, "f1_max": nan}
-    counts, below = groups.counts, groups.neg_below
-    # AUROC = P(anomalous > normal) + 1/2 P(tie), the trapezoid ROC area: per group,
-    # counts * (#below + #tied / 2); doubled, it is an exact int64 sum.
-    twice_wins = int(np.dot(counts, below + groups.neg_at_or_below))
+    twice_wins, precision_sum, f1_max = 0, 0.0, 0.0
+    for part in _chunks(groups.values.size):
+        counts, below = groups.counts[part], groups.neg_below[part]
+        # AUROC = P(anomalous > normal) + 1/2 P(tie), the trapezoid ROC area: per group,
+        # counts * (#below + #tied / 2); doubled, it is an exact int64 sum.
+        twice_wins += int(np.dot(counts, below + groups.neg_at_or_below[part]))
+        # Descending sweep: at threshold "score >= v" of each distinct anomalous score v,
+        # TP = #anomalous >= v, FP = #normal >= v; recall rises by counts / n_pos there.
+        true_pos = n_pos - groups.starts[part]
+        predicted_pos = true_pos + (n_neg - below)
+        precision_sum += float(np.dot(counts, true_pos / predicted_pos))
+        f1_max = max(f1_max, float(np.max(2.0 * true_pos / (predicted_pos + n_pos))))
     auroc = twice_wins / (2 * n_pos * n_neg) if n_neg else nan
-    # Descending sweep: at threshold "score >= v" of each distinct anomalous score v,
-    # TP = #anomalous >= v, FP = #normal >= v; recall rises by counts / n_pos there.
-    true_pos = n_pos - groups.starts
-    predicted_pos = true_pos + (n_neg - below)
-    ap = float(np.dot(counts, true_pos / predicted_pos)) / n_pos
-    f1_max = float(np.max(2.0 * true_pos / (predicted_pos + n_pos)))
-    return {"auroc": float(auroc), "ap": ap, "f1_max": f1_max}
+    return {"auroc": float(auroc), "ap": precision_sum / n_pos, "f1_max": f1_max}
 
 
 # --------------------------------------------------------------------------- PRO
 
 
 def _region_weights(pooled: PooledScores) -> np.ndarray:
-    """Per anomalous pixel: how much PRO rises when it turns positive, 1/|region|/#regions."""
-    per_region = 1.0 / (pooled.region_sizes * float(pooled.region_sizes.size))
-    return per_region[pooled.pos_region]
+    """Per region: how much PRO rises per pixel turning positive, 1/|region|/#regions."""
+    return 1.0 / (pooled.region_sizes * float(pooled.region_sizes.size))
+
+
+def _group_weights(pooled: PooledScores, groups: PositiveGroups, part: slice) -> np.ndarray:
+    """PRO gained by each group of ``part`` turning positive (sum of its pixels' weights)."""
+    first = groups.starts[part.start]
+    last = groups.starts[part.stop] if part.stop < groups.starts.size else pooled.pos.size
+    pixel_weights = _region_weights(pooled)[pooled.pos_region[first:last]]
+    return np.add.reduceat(pixel_weights, groups.starts[part] - first)
 
 
 def pro_mvtec(pooled: PooledScores, groups: PositiveGroups, fpr_limit: float = 0.3) -> float:
@@ -298,33 +315,38 @@ def pro_mvtec(pooled: PooledScores, groups: PositiveGroups, fpr_limit: float = 0
     neg, n_neg = pooled.neg, pooled.neg.size
     if pooled.region_sizes.size == 0 or n_neg == 0:
         return float("nan")
-    group_weight = np.add.reduceat(_region_weights(pooled), groups.starts)
-    # PRO with every anomalous group >= group g turned positive; index len(groups) -> 0.
-    pro_from = np.append(np.cumsum(group_weight[::-1])[::-1], 0.0)
-
     # The crossing group holds the (k+1)-th highest normal score, k being the most normal
     # pixels whose FPR k / n_neg stays <= the limit (float64, as the curve compares it).
     k = _max_count_within(fpr_limit, n_neg)
-    partial, normal_at_or_below_cut = 0.0, 0  # k == n_neg: every group fully counted
-    if k < n_neg:
-        cut_value = neg[n_neg - 1 - k]
-        normal_at_or_below_cut = int(np.searchsorted(neg, cut_value, side="right"))
-        fpr_before = (n_neg - normal_at_or_below_cut) / n_neg
-        fpr_after = (n_neg - int(np.searchsorted(neg, cut_value, side="left"))) / n_neg
-        values = groups.values
-        pro_before = min(pro_from[np.searchsorted(values, cut_value, side="right")], 1.0)
-        pro_after = min(pro_from[np.searchsorted(values, cut_value, side="left")], 1.0)
-        if fpr_before != fpr_limit:  # the limit falls inside this group's segment
-            pro_at_limit = pro_before + (pro_after - pro_before) * (
-                (fpr_limit - fpr_before) / (fpr_after - fpr_before)
-            )
-            partial = 0.5 * (pro_before + pro_at_limit) * (fpr_limit - fpr_before)
+    cut_value = neg[n_neg - 1 - k] if k < n_neg else neg[0]
+    normal_at_or_below_cut = int(np.searchsorted(neg, cut_value, side="right"))
+    if k == n_neg:  # limit 1: every normal pixel fully counted
+        normal_at_or_below_cut = 0
+    first_above = int(np.searchsorted(groups.values, cut_value, side="right"))
+    first_at_or_above = int(np.searchsorted(groups.values, cut_value, side="left"))
+
     # Fully counted: the normal pixels above cut_value. Each one's trapezoid holds the
     # weight of every anomalous group above it, and half the weight of a tied group. So
     # an anomalous group g adds weight_g * (#counted normal < v_g + #counted <= v_g) / 2.
-    counted_below = np.maximum(groups.neg_below - normal_at_or_below_cut, 0)
-    counted_below += np.maximum(groups.neg_at_or_below - normal_at_or_below_cut, 0)
-    full_area = float(np.dot(group_weight, counted_below)) / (2.0 * n_neg)
+    full_area, pro_above, pro_at_or_above = 0.0, 0.0, 0.0
+    for part in _chunks(groups.values.size):
+        weights = _group_weights(pooled, groups, part)
+        counted = np.maximum(groups.neg_below[part] - normal_at_or_below_cut, 0)
+        counted += np.maximum(groups.neg_at_or_below[part] - normal_at_or_below_cut, 0)
+        full_area += float(np.dot(weights, counted))
+        pro_above += float(weights[max(first_above - part.start, 0) :].sum())
+        pro_at_or_above += float(weights[max(first_at_or_above - part.start, 0) :].sum())
+    full_area /= 2.0 * n_neg
+
+    partial = 0.0
+    fpr_before = (n_neg - normal_at_or_below_cut) / n_neg
+    if k < n_neg and fpr_before != fpr_limit:  # the limit falls inside the cut group
+        fpr_after = (n_neg - int(np.searchsorted(neg, cut_value, side="left"))) / n_neg
+        pro_before, pro_after = min(pro_above, 1.0), min(pro_at_or_above, 1.0)
+        pro_at_limit = pro_before + (pro_after - pro_before) * (
+            (fpr_limit - fpr_before) / (fpr_after - fpr_before)
+        )
+        partial = 0.5 * (pro_before + pro_at_limit) * (fpr_limit - fpr_before)
     return float((full_area + partial) / fpr_limit)
 
 
@@ -374,9 +396,12 @@ def pro_linear200(pooled: PooledScores, fpr_limit: float = 0.3) -> float:
     # stay in the maps' dtype (no float64 copy of the sorted scores).
     fprs = (neg.size - np.searchsorted(neg, thresholds, side="right")) / neg.size
     # Bin j = #thresholds below the score: the pixel counts at thresholds 0..j-1.
-    bins = np.searchsorted(thresholds, pos, side="left")
-    weights = _region_weights(pooled)
-    weight_per_bin = np.bincount(bins, weights=weights, minlength=len(thresholds) + 1)
+    region_weights = _region_weights(pooled)
+    weight_per_bin = np.zeros(len(thresholds) + 1)
+    for part in _chunks(pos.size):
+        bins = np.searchsorted(thresholds, pos[part], side="left")
+        pixel_weights = region_weights[pooled.pos_region[part]]
+        weight_per_bin += np.bincount(bins, pixel_weights, minlength=len(thresholds) + 1)
     pros = np.cumsum(weight_per_bin[::-1])[::-1][1:]  # PRO(t_k) = sum over bins j > k
 
     kept = fprs < fpr_limit

@@ -10,6 +10,7 @@ from scipy import ndimage
 from skimage import measure
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
+from clipsam_lib import metrics as metrics_module
 from clipsam_lib.metrics import image_metrics, segmentation_metrics
 
 TOL = 1e-9
@@ -293,3 +294,16 @@ def test_invalid_arguments_raise_value_error():
         segmentation_metrics(masks, maps, fpr_limit=0.0)
     with pytest.raises(ValueError, match="same length"):
         image_metrics([0, 1], [0.5])
+
+
+def test_chunked_arithmetic_matches_references(monkeypatch):
+    """Groups and pixels are processed in chunks; tiny chunks must not change anything."""
+    monkeypatch.setattr(metrics_module, "CHUNK", 7)
+    masks, maps = blob_class(2, n=4, size=24, levels=30)
+    got = segmentation_metrics(masks, maps, pro_variant="both")
+    y, s = masks.ravel(), maps.ravel()
+    assert abs(got["auroc"] - roc_auc_score(y, s)) < TOL
+    assert abs(got["ap"] - average_precision_score(y, s)) < TOL
+    assert abs(got["f1_max"] - sklearn_f1_max(y, s)) < TOL
+    assert abs(got["pro_mvtec"] - brute_force_mvtec_pro(masks, maps)) < TOL
+    assert abs(got["pro_linear200"] - brute_force_linear200(masks, maps)) < TOL

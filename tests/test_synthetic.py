@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +106,7 @@ def test_visa_layout_details(tiny):
     assert len(sizes) > 5  # VisA-like: sizes vary from image to image
 
 
-@pytest.mark.parametrize("layout", ["mvtec", "visa"])
+@pytest.mark.parametrize("layout", ["mvtec", "visa", "mtd", "ksdd2"])
 def test_defects_change_only_their_mask_and_are_visible(layout):
     """Regenerate a defective image without its defect: every changed pixel is masked."""
     for cls in syn.CATALOG[layout]:
@@ -112,7 +114,7 @@ def test_defects_change_only_their_mask_and_are_visible(layout):
             rng = syn._rng(0, layout, cls.name, "defect", i)
             clean = syn._variation(syn._base_picture(cls), syn._image_size(cls, layout, rng),
                                    cls.kind, rng)
-            damaged, mask = syn.DEFECTS[defect](clean.copy(), cls.kind, rng)
+            damaged, mask = syn.defect_procedure(defect)(clean.copy(), cls.kind, rng)
             changed = np.abs(damaged - clean).max(axis=2) > 0
             assert not (changed & ~mask).any(), (cls.name, defect)
             assert 20 <= mask.sum() <= 0.2 * mask.size, (cls.name, defect)
@@ -154,8 +156,8 @@ def test_refuses_to_replace_foreign_data(tmp_path):
     with pytest.raises(DatasetError, match="was not built by the synthetic generator"):
         syn.build_dataset(root, "mvtec", scale="tiny")
     assert (root / "bottle").is_dir()
-    with pytest.raises(DatasetError, match="mvtec and visa layouts, not 'mtd'"):
-        syn.build_dataset(tmp_path / "x", "mtd")
+    with pytest.raises(DatasetError, match="mvtec, visa, mtd, ksdd2 layouts, not 'coco'"):
+        syn.build_dataset(tmp_path / "x", "coco")
     with pytest.raises(DatasetError, match="scale 'huge' is unknown"):
         syn.build_dataset(tmp_path / "x", "mvtec", scale="huge")
 
@@ -163,7 +165,8 @@ def test_refuses_to_replace_foreign_data(tmp_path):
 def test_build_embedded_benchmark_and_cli(tmp_path, capsys):
     profile = load_profile("smoke", data_dir=str(tmp_path), synthetic_scale="tiny")
     roots = syn.build_embedded_benchmark(profile)
-    assert roots == {"synth_mvtec": tmp_path / "synth_mvtec", "synth_visa": tmp_path / "synth_visa"}
+    names = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
+    assert roots == {name: tmp_path / name for name in names}
     yaml_profile = tmp_path / "p.yaml"
     yaml_profile.write_text(f"data_dir: {tmp_path}\nsynthetic_scale: tiny\ndatasets:\n"
                             "  - {name: s, layout: mvtec, root: cli_built, synthetic: true}\n")
@@ -191,7 +194,8 @@ def test_prepare_datasets_builds_indexes_and_selects_classes(tmp_path, data_tree
     profile.datasets.append(type(profile.datasets[0])(
         name="ksdd2_peer", layout="ksdd2", root="KolektorSDD2", split="train"))
     prepared = prepare_datasets(profile)
-    assert list(prepared) == ["synth_mvtec", "synth_visa", "ksdd2_peer"]
+    assert list(prepared) == ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2",
+                              "ksdd2_peer"]
     assert list(prepared["synth_visa"][1]["test"]) == ["coins"]
     assert len(prepared["ksdd2_peer"][1]["test"]["ksdd2"]) == 3
     assert (tmp_path / "KolektorSDD2" / "meta_peer.json").is_file()
@@ -202,3 +206,98 @@ def test_prepare_datasets_builds_indexes_and_selects_classes(tmp_path, data_tree
     profile.datasets[1].classes = ["gear"]
     with pytest.raises(DatasetError, match="gear are not in the test split"):
         prepare_datasets(profile)
+
+
+# -- the generalization sets: MTD and KSDD2 layouts -----------------------------------------
+@pytest.fixture(scope="module")
+def flat_sets(tmp_path_factory):
+    """The MTD and KSDD2 layouts at the smoke profile's scale (about a second)."""
+    base = tmp_path_factory.mktemp("flat")
+    return {layout: syn.build_dataset(base / layout, layout, seed=0, scale="small")
+            for layout in ("mtd", "ksdd2")}
+
+
+def test_mtd_tree_indexes_with_the_real_indexer(flat_sets):
+    root = flat_sets["mtd"]
+    index = index_dataset(root, "mtd")
+    assert index["train"] == {} and list(index["test"]) == ["mtd"]
+    assert json.loads((root / "meta.json").read_text()) == index
+    recs = index["test"]["mtd"]
+    assert Counter(r["specie_name"] for r in recs) == {
+        "": 6, "blowhole": 2, "break": 2, "crack": 2, "fray": 2, "uneven": 2}
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert folders == ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven"]
+    for rec in recs:
+        image = root / rec["img_path"]
+        assert image.suffix == ".jpg" and Image.open(image).mode == "L"
+        assert rec["width"] != rec["height"]
+        assert 160 <= min(rec["width"], rec["height"]) <= max(rec["width"], rec["height"]) <= 260
+        stored_mask = np.asarray(Image.open(image.with_suffix(".png")))  # Free ones too
+        assert (stored_mask.max() > 0) == bool(rec["anomaly"])
+        assert rec["img_path"].startswith("MT_Free/") == (not rec["anomaly"])
+    assert len({(r["width"], r["height"]) for r in recs}) > 8  # sizes vary
+
+
+def test_mtd_masks_are_antialiased_and_cover_every_defect_pixel(flat_sets):
+    root = flat_sets["mtd"]
+    for rec in records(index_dataset(root, "mtd")):
+        if rec["anomaly"]:
+            stored = np.asarray(Image.open(root / rec["mask_path"]))
+            assert ((stored > 0) & (stored < 255)).any(), rec["mask_path"]
+    # The stored mask of each defective image is its exact mask, blurred: > 0 keeps every
+    # defect pixel, and a higher threshold keeps fewer pixels (the threshold matters).
+    cls, scale = syn.CATALOG["mtd"][0], syn.SCALES["small"]
+    for i, defect in enumerate(syn._defect_plan(cls, scale.test_defective)):
+        sample = syn._make_sample(cls, "mtd", 0, "defect", i, defect)
+        stored_path = root / f"MT_{defect}/Imgs/exp1_num_{scale.test_good + i:05d}.png"
+        stored = np.asarray(Image.open(stored_path))
+        assert np.array_equal(stored, syn._antialiased_mask(sample))
+        assert (stored[sample.mask] > 0).all()
+        assert (stored > 127).sum() < (stored > 0).sum()
+        assert read_mask(stored_path, 127).sum() < read_mask(stored_path, 0).sum()
+
+
+def test_ksdd2_tree_indexes_with_the_real_indexer(flat_sets):
+    root = flat_sets["ksdd2"]
+    official = index_dataset(root, "ksdd2", split="test")
+    peer = index_dataset(root, "ksdd2", split="train")
+    assert json.loads((root / "meta.json").read_text()) == official
+
+    def counts(recs):
+        return len(recs), sum(r["anomaly"] for r in recs)
+
+    assert counts(official["test"]["ksdd2"]) == (16, 6)
+    assert counts(official["train"]["ksdd2"]) == (16, 4)
+    assert counts(peer["test"]["ksdd2"]) == (16, 4) and peer["train"] == {}
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["test", "train"]
+    for rec in records(official, "train") + records(official, "test"):
+        assert re.fullmatch(r"(train|test)/\d{5}\.png", rec["img_path"])
+        assert Image.open(root / rec["img_path"]).mode == "RGB"
+        assert 80 <= rec["width"] <= 110 and 220 <= rec["height"] <= 300
+        gt = np.asarray(Image.open(root / rec["img_path"].replace(".png", "_GT.png")))
+        assert set(np.unique(gt).tolist()) == ({0, 255} if rec["anomaly"] else {0})
+    labels = [r["anomaly"] for r in official["test"]["ksdd2"]]
+    assert labels != sorted(labels)  # defective images sit among the normal ones
+
+
+def test_new_layouts_are_deterministic_and_idempotent(flat_sets, tmp_path):
+    for layout, root in flat_sets.items():
+        again = syn.build_dataset(tmp_path / layout, layout, seed=0, scale="small")
+        assert _tree_hashes(again) == _tree_hashes(root)
+        assert syn.is_up_to_date(again, layout, 0, "small")
+        first = next(again.rglob("*.png"))
+        stamp = first.stat().st_mtime_ns
+        syn.build_dataset(again, layout, seed=0, scale="small")
+        assert first.stat().st_mtime_ns == stamp  # up to date: nothing rewritten
+    other = syn.build_dataset(tmp_path / "seed1", "ksdd2", seed=1, scale="small")
+    assert _tree_hashes(other) != _tree_hashes(flat_sets["ksdd2"])
+
+
+def test_summary_covers_the_generalization_sets(flat_sets):
+    indexes = {layout: index_dataset(root, layout) for layout, root in flat_sets.items()}
+    table = counts_table(indexes)
+    rows = {row["class"]: row for row in table.to_dict("records")}
+    assert (rows["mtd"]["train"], rows["mtd"]["test normal"], rows["mtd"]["test anomalous"]) \
+        == (0, 6, 10)
+    assert rows["mtd"]["defect types"] == "blowhole, break, crack, fray, uneven"
+    assert (rows["ksdd2"]["train"], rows["ksdd2"]["test anomalous"]) == (16, 6)

@@ -1,4 +1,4 @@
-"""The embedded benchmark: two small anomaly datasets built from a seed, the default data.
+"""The embedded benchmark: small anomaly datasets built from a seed, the default data.
 
 Real pictures that ship with scikit-image (textures and objects) are varied per image
 (crop, flip, small rotation, brightness) and, for the defective test images, given
@@ -9,6 +9,10 @@ One dataset is written in the MVTec AD layout (PNG, one single-channel class, 0/
 masks), the other in the raw VisA layout (upper-case .JPG, class-index masks, one
 class with palette-mode masks, ``split_csv/1cls.csv``). They use different classes,
 so the cross-dataset zero-shot protocol (train on one, test on the other) runs on them.
+Two more are written in the MTD layout (grayscale JPEGs in ``MT_<Type>/Imgs/`` with
+anti-aliased 0-255 masks beside them, Free images included) and the KSDD2 layout (flat
+``train/`` and ``test/`` folders of tall narrow RGB ``NNNNN.png`` with ``NNNNN_GT.png``),
+for the generalization table (the MVTec-layout model evaluated on them).
 
 A build is idempotent: ``build_manifest.json`` records the generator version, seed,
 scale and every file's sha256; a matching tree is left alone, anything else is rebuilt
@@ -62,21 +66,37 @@ class SynthClass:
 
 @dataclass(frozen=True)
 class Scale:
-    """How many classes and images a size preset has (per class)."""
+    """How many classes and images a size preset has (per class).
+
+    MTD has no train split: its Free images are ``test_good``, its defective ones
+    ``test_defective``. KSDD2's two folders get (normal, defective) counts of their own,
+    with fewer defects than the other sets, as in the real folders.
+    """
 
     classes: int
     train: int  # train normals
     test_good: int
     test_defective: int
+    ksdd2_train: tuple[int, int]  # (normal, defective) in KSDD2's train/ folder
+    ksdd2_test: tuple[int, int]  # (normal, defective) in KSDD2's test/ folder
 
 
 SCALES = {
-    "tiny": Scale(classes=2, train=3, test_good=2, test_defective=3),  # unit tests
-    "small": Scale(classes=4, train=10, test_good=6, test_defective=10),  # smoke profile
-    "medium": Scale(classes=4, train=40, test_good=20, test_defective=30),
+    "tiny": Scale(classes=2, train=3, test_good=2, test_defective=3,  # unit tests
+                  ksdd2_train=(3, 1), ksdd2_test=(3, 2)),
+    "small": Scale(classes=4, train=10, test_good=6, test_defective=10,  # smoke profile
+                   ksdd2_train=(12, 4), ksdd2_test=(10, 6)),
+    "medium": Scale(classes=4, train=40, test_good=20, test_defective=30,
+                    ksdd2_train=(48, 8), ksdd2_test=(40, 12)),
 }
 
-# The two datasets share no class: zero-shot transfer is from one set of classes to another.
+# MTD's defect types (its folder names), each drawn with the procedural defect it looks
+# most like: a blowhole is a hole, a break a piece out of place, crack and fray are lines,
+# an uneven surface a blotch of another shade.
+MTD_DRAWN_AS = {"Blowhole": "pit", "Break": "patch", "Crack": "scratch", "Fray": "scratch",
+                "Uneven": "stain"}
+
+# MVTec and VisA share no class: zero-shot transfer is from one set of classes to another.
 CATALOG: dict[str, tuple[SynthClass, ...]] = {
     "mvtec": (
         SynthClass("brick", "brick", "texture", ("scratch", "pit", "patch"), (240, 288),
@@ -95,7 +115,24 @@ CATALOG: dict[str, tuple[SynthClass, ...]] = {
         SynthClass("motorcycle", "stereo_motorcycle", "object", ("scratch", "stain", "patch"),
                    (216, 304)),
     ),
+    # One class each (the indexers name them "mtd" and "ksdd2"); grass is used by neither
+    # of the sets above, so the generalization sets stay unseen by the trained model.
+    "mtd": (
+        SynthClass("tile", "grass", "texture", tuple(MTD_DRAWN_AS), (184, 236), grayscale=True),
+    ),
+    "ksdd2": (
+        SynthClass("commutator", "grass", "texture", ("scratch", "pit", "stain"), (260, 96),
+                   tint=(0.8, 0.74, 0.66)),
+    ),
 }
+
+# Per-image size variation, +-2 x (height, width) px; MVTec keeps one size per class.
+# MTD: 160-208 x 212-260 (varying, never square); KSDD2: 220-300 x 82-110 (tall, narrow).
+SIZE_JITTER = {"visa": (8, 8), "mtd": (12, 12), "ksdd2": (20, 7)}
+
+# Blur of the MTD mask edges: anti-aliased like the real masks, so the threshold matters.
+# With this sigma the blur keeps every defect pixel above 0 (the kernel's centre weight).
+MASK_EDGE_SIGMA = 0.8
 
 STAIN_COLOURS = ((0.45, 0.28, 0.12), (0.18, 0.22, 0.32), (0.62, 0.58, 0.18), (0.55, 0.12, 0.1))
 
@@ -282,6 +319,11 @@ DEFECTS: dict[str, Callable] = {
 }
 
 
+def defect_procedure(defect: str) -> Callable:
+    """The procedure drawing ``defect``: a DEFECTS name, or an MTD type drawn as one."""
+    return DEFECTS[MTD_DRAWN_AS.get(defect, defect)]
+
+
 # -- one class's images -------------------------------------------------------------------
 @dataclass
 class Sample:
@@ -297,11 +339,12 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
 
 
 def _image_size(cls: SynthClass, layout: str, rng: np.random.Generator) -> tuple[int, int]:
-    """MVTec keeps one size per class; VisA's sizes vary a little from image to image."""
+    """The class's size, varied per image in the layouts whose real images vary."""
     height, width = cls.size
-    if layout == "visa":
-        height += 2 * int(rng.integers(-8, 9))
-        width += 2 * int(rng.integers(-8, 9))
+    if layout in SIZE_JITTER:  # no draw for MVTec: its images keep their bytes
+        jitter_h, jitter_w = SIZE_JITTER[layout]
+        height += 2 * int(rng.integers(-jitter_h, jitter_h + 1))
+        width += 2 * int(rng.integers(-jitter_w, jitter_w + 1))
     return height, width
 
 
@@ -310,7 +353,7 @@ def _make_sample(cls: SynthClass, layout: str, seed: int, role: str, i: int, def
     picture = _variation(_base_picture(cls), _image_size(cls, layout, rng), cls.kind, rng)
     mask = None
     if defect:
-        picture, mask = DEFECTS[defect](picture, cls.kind, rng)
+        picture, mask = defect_procedure(defect)(picture, cls.kind, rng)
     image = np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8)
     return Sample(image=image, defect=defect, mask=mask)
 
@@ -337,12 +380,26 @@ def _png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-def _jpg_bytes(array: np.ndarray) -> bytes:
+def _jpg_bytes(array: np.ndarray, *, grayscale: bool = False) -> bytes:
+    """JPEG bytes; single-channel arrays become colour (VisA) unless ``grayscale`` (MTD)."""
     if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)  # VisA pictures are colour JPEGs
+        array = array[:, :, 0] if grayscale else np.repeat(array, 3, axis=2)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
+
+
+def _binary_mask(sample: Sample) -> np.ndarray:
+    """The 0/255 mask; all zero for a normal image (MTD and KSDD2 store one for every image)."""
+    if sample.mask is None:
+        return np.zeros(sample.image.shape[:2], np.uint8)
+    return sample.mask.astype(np.uint8) * 255
+
+
+def _antialiased_mask(sample: Sample) -> np.ndarray:
+    """The 0-255 mask with blurred edges, like MTD's: ``> 0`` covers every defect pixel."""
+    soft = gaussian_filter(_binary_mask(sample).astype(np.float32), MASK_EDGE_SIGMA)
+    return np.round(soft).astype(np.uint8)
 
 
 def _write(root: Path, relative: str, data: bytes, written: dict[str, str]) -> None:
@@ -366,9 +423,8 @@ def _write_mvtec(root: Path, classes: tuple[SynthClass, ...], scale: Scale, seed
             sample = _make_sample(cls, "mvtec", seed, "defect", i, defect)
             j = per_defect[defect] = per_defect.get(defect, -1) + 1
             _write(root, f"{cls.name}/test/{defect}/{j:03d}.png", _png_bytes(sample.image), written)
-            mask = sample.mask.astype(np.uint8) * 255
-            _write(root, f"{cls.name}/ground_truth/{defect}/{j:03d}_mask.png", _png_bytes(mask),
-                   written)
+            _write(root, f"{cls.name}/ground_truth/{defect}/{j:03d}_mask.png",
+                   _png_bytes(_binary_mask(sample)), written)
     return written
 
 
@@ -398,7 +454,52 @@ def _write_visa(root: Path, classes: tuple[SynthClass, ...], scale: Scale, seed:
     return written
 
 
-WRITERS = {"mvtec": _write_mvtec, "visa": _write_visa}
+def _test_plan(cls: SynthClass, scale: Scale) -> list[tuple[str, int, str]]:
+    """(role, index, defect) of a class's test images: the normals, then the defective ones."""
+    normals = [("good", i, "") for i in range(scale.test_good)]
+    defects = _defect_plan(cls, scale.test_defective)
+    return normals + [("defect", i, defect) for i, defect in enumerate(defects)]
+
+
+def _write_mtd(root: Path, classes: tuple[SynthClass, ...], scale: Scale, seed: int):
+    """``MT_<Type>/Imgs/exp1_num_NNNNN.jpg`` (grayscale) with its anti-aliased mask beside it."""
+    (cls,) = classes
+    written: dict[str, str] = {}
+    for number, (role, i, defect) in enumerate(_test_plan(cls, scale)):
+        sample = _make_sample(cls, "mtd", seed, role, i, defect)
+        stem = f"MT_{defect or 'Free'}/Imgs/exp1_num_{number:05d}"  # stems unique over folders
+        _write(root, f"{stem}.jpg", _jpg_bytes(sample.image, grayscale=True), written)
+        _write(root, f"{stem}.png", _png_bytes(_antialiased_mask(sample)), written)
+    return written
+
+
+def _write_ksdd2(root: Path, classes: tuple[SynthClass, ...], scale: Scale, seed: int):
+    """Flat ``train/`` and ``test/``: ``NNNNN.png`` (RGB) and ``NNNNN_GT.png`` (0/255)."""
+    (cls,) = classes
+    written: dict[str, str] = {}
+    for folder, (n_normal, n_defective) in (("train", scale.ksdd2_train),
+                                            ("test", scale.ksdd2_test)):
+        defects = [""] * n_normal + _defect_plan(cls, n_defective)
+        # Numbered in a shuffled order: defective images sit among the normal ones, as in
+        # the real folders, so nothing can be learnt from a file's number.
+        order = _rng(seed, "ksdd2", cls.name, folder, "order").permutation(len(defects))
+        for number, i in enumerate(order.tolist()):
+            sample = _make_sample(cls, "ksdd2", seed, folder, i, defects[i])
+            _write(root, f"{folder}/{number:05d}.png", _png_bytes(sample.image), written)
+            _write(root, f"{folder}/{number:05d}_GT.png", _png_bytes(_binary_mask(sample)),
+                   written)
+    return written
+
+
+WRITERS = {"mvtec": _write_mvtec, "visa": _write_visa, "mtd": _write_mtd, "ksdd2": _write_ksdd2}
+
+LAYOUT_NOTES = {  # README lines of the layouts that need them
+    "mtd": ("MTD types drawn as: " + ", ".join(f"{t} = {d}" for t, d in MTD_DRAWN_AS.items()),
+            (f"Masks anti-aliased (Gaussian edge, sigma {MASK_EDGE_SIGMA} px): value > 0 "
+             "covers every defect pixel plus a soft rim of a few px."),
+            "Every image has a mask; the Free ones are all zero."),
+    "ksdd2": ("Defective images in both folders; every image has a 0/255 NNNNN_GT.png mask.",),
+}
 
 
 def _readme(layout: str, classes: tuple[SynthClass, ...], scale_name: str, seed: int) -> bytes:
@@ -411,6 +512,7 @@ def _readme(layout: str, classes: tuple[SynthClass, ...], scale_name: str, seed:
         "",
         *(f"{c.name}: skimage.data.{c.source}, {c.kind}, defects {', '.join(c.defects)}"
           for c in classes),
+        *LAYOUT_NOTES.get(layout, ()),
     ]
     return ("\n".join(lines) + "\n").encode()
 
@@ -465,17 +567,17 @@ def _swap_into_place(new: Path, root: Path) -> None:
 def build_dataset(
     root: str | Path, layout: str, seed: int = 0, scale: str = "small", *, force: bool = False
 ) -> Path:
-    """Build (or verify) one synthetic dataset in ``layout`` ("mvtec" | "visa") at ``root``.
+    """Build (or verify) one synthetic dataset at ``root`` in ``layout`` (a WRITERS key).
 
     Nothing happens when ``root`` already holds this exact build (manifest and hashes
     match) unless ``force``. Otherwise the tree is written to a temporary folder beside
-    ``root``, indexed (meta.json), and renamed onto ``root``: an interrupted build
-    leaves the previous tree as it was.
+    ``root``, indexed (meta.json; for KSDD2 the official test split), and renamed onto
+    ``root``: an interrupted build leaves the previous tree as it was.
     """
     root = Path(root).expanduser()
     if layout not in WRITERS:
-        raise DatasetError(f"Synthetic datasets come in the mvtec and visa layouts, not "
-                           f"{layout!r}; fix the profile's dataset layout.")
+        raise DatasetError(f"Synthetic datasets come in the {', '.join(WRITERS)} layouts, "
+                           f"not {layout!r}; fix the profile's dataset layout.")
     if scale not in SCALES:
         raise DatasetError(f"Synthetic scale {scale!r} is unknown; use one of "
                            f"{', '.join(SCALES)} (profile field synthetic_scale).")

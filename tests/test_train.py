@@ -1,0 +1,210 @@
+"""UMCI training from the cache: losses, determinism, resume, mosaics, transfer."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from synthetic_defects import tiny_profile
+
+from clipsam_lib import paths, train
+from clipsam_lib.data.io import read_mask
+from clipsam_lib.modeling.clip_backbone import ClipBackbone
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Two cores shared by several jobs: one intra-op thread avoids OpenMP spin stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_focal_and_dice_losses_by_hand():
+    probs = torch.tensor([0.9, 0.2, 0.6, 0.5]).view(1, 1, 2, 2)  # anomalous-class probability
+    two_class = torch.cat([1 - probs, probs], dim=1)
+    target = torch.tensor([[1, 0], [1, 0]]).view(1, 2, 2)
+    p_true = np.array([0.9, 0.8, 0.6, 0.5])
+    expected_focal = np.mean(-((1 - p_true) ** 2) * np.log(p_true))
+    assert train.focal_loss(two_class.log(), target, 2.0).item() == pytest.approx(
+        expected_focal, rel=1e-5
+    )
+    expected_dice = 1 - (2 * (0.9 + 0.6) + 1) / ((0.9 + 0.2 + 0.6 + 0.5) + 2 + 1)
+    assert train.dice_loss(probs[:, 0], target).item() == pytest.approx(expected_dice, rel=1e-6)
+
+
+def test_focal_loss_keeps_a_gradient_where_the_softmax_saturates():
+    logits = torch.tensor([[[[40.0]], [[-40.0]]]], requires_grad=True)  # sure it is normal
+    loss, _, _ = train.umci_loss([logits], torch.ones(1, 1, 1))  # ... but it is anomalous
+    loss.backward()
+    assert logits.grad[0, 1].item() < -0.5  # pushes the anomalous logit up
+
+
+def test_same_seed_gives_identical_weights_after_one_epoch(tmp_path):
+    first = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1}})
+    second = first.replace(results_dir=str(tmp_path / "results_again"))
+    a = train.train_umci(first, "src", progress=False)
+    b = train.train_umci(second, "src", progress=False)
+    assert a.run_dir != b.run_dir and a.run_dir.name == b.run_dir.name
+    assert same_weights(train.load_umci(a.checkpoint), train.load_umci(b.checkpoint))
+    assert not same_weights(train.load_umci(a.checkpoint), train.init_umci(first))
+    other_seed = first.replace(results_dir=str(tmp_path / "r3"), **{"train.seed": 7})
+    c = train.train_umci(other_seed, "src", progress=False)
+    assert not same_weights(train.load_umci(a.checkpoint), train.load_umci(c.checkpoint))
+
+
+def test_training_reads_only_the_cache(tmp_path, monkeypatch):
+    profile = tiny_profile(tmp_path)
+    train.prepare_training_set(profile, "src", progress=False)  # the only backbone step
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a backbone was called during training")
+
+    for method in ("__init__", "encode_stages", "text_features", "preprocess"):
+        monkeypatch.setattr(ClipBackbone, method, refuse)
+    result = train.train_umci(profile, "src", progress=False)
+    assert result.epochs == 2 and len(result.losses) == 2 * 3  # 24 images, batch 8
+    assert (result.run_dir / "losses.csv").is_file()
+    assert sorted(p.name for p in result.run_dir.glob("*.pt")) == [
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "final.pt",
+        "last.pt",
+    ]
+    maps = train.rough_maps(
+        profile, train.load_umci(result.checkpoint), "src", train.eval_records(profile, "src")[:3]
+    )
+    assert all(m.shape == (112, 112) and m.dtype == np.float32 for m in maps.values())
+
+
+def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    profile = tiny_profile(tmp_path)
+    reference = train.train_umci(
+        profile.replace(results_dir=str(tmp_path / "ref")), "src", progress=False
+    )
+
+    real_epoch = train._train_epoch
+
+    def crash_in_second_epoch(profile_, umci, optimizer, data, epoch, *rest):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(profile_, umci, optimizer, data, epoch, *rest)
+
+    monkeypatch.setattr(train, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_umci(profile, "src", progress=False)
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    resumed = train.train_umci(profile, "src", progress=False)
+    assert resumed.resumed_from == 1
+    assert same_weights(train.load_umci(resumed.checkpoint), train.load_umci(reference.checkpoint))
+    assert resumed.losses["epoch"].tolist() == reference.losses["epoch"].tolist()
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a finished run must just be loaded")
+
+    monkeypatch.setattr(train, "prepare_training_set", refuse)
+    again = train.train_umci(profile, "src", progress=False)
+    assert again.resumed_from == 2 and again.checkpoint == resumed.checkpoint
+
+
+def test_run_key_follows_what_changes_the_weights(tmp_path):
+    profile = tiny_profile(tmp_path)
+    key = train.run_key(profile, "src")
+    assert train.run_key(profile.replace(**{"train.epochs": {"mvtec": 9}}), "src") == key
+    for change in (
+        {"umci.hidden_dim": 16},
+        {"train.lr": 1e-4},
+        {"clip.image_size": 224},
+        {"train.seed": 1},
+        {"train.mosaic_rate": 0.5},
+    ):
+        assert train.run_key(profile.replace(**change), "src") != key
+
+
+def test_mosaics_are_planned_per_epoch_from_the_seed_and_cached(tmp_path):
+    profile = tiny_profile(tmp_path, **{"train.mosaic_rate": 0.5})
+    data = train.prepare_training_set(profile, "src", epochs=2, progress=False)
+    n = 24
+    assert len(data.epochs) == 2 and all(len(order) == n for order in data.epochs)
+    mosaics = [i for order in data.epochs for i in order if i >= n]
+    assert 0.25 * 2 * n < len(mosaics) < 0.75 * 2 * n  # rate 0.5
+    assert data.epochs[0] != data.epochs[1]
+    shutil.rmtree(store_dir := train.ClipFeatureStore(profile).cache.dir / "trainsets")
+    again = train.prepare_training_set(profile, "src", epochs=2, progress=False)
+    assert store_dir.is_dir()
+    assert again.epochs == data.epochs and again.keys == data.keys  # the seed decides
+
+    store = train.ClipFeatureStore(profile)
+    assert all(store.tokens_for_key(data.keys[i]) is not None for i in mosaics)
+    # A mosaic's target is the 2x2 tiling of its four masks: anomalous iff one of them is.
+    target = data.target([mosaics[0]])[0].numpy()
+    assert target.shape == (112, 112) and target.dtype == np.uint8
+    no_mosaic = tiny_profile(
+        tmp_path, **{"train.mosaic_layouts": ["visa"], "train.mosaic_rate": 0.5}
+    )
+    plain = train.prepare_training_set(no_mosaic, "src", epochs=2, progress=False)
+    assert max(max(order) for order in plain.epochs) < n  # mvtec not in mosaic_layouts
+
+
+def test_mosaic_tiles_images_and_masks_in_reading_order(tmp_path):
+    profile = tiny_profile(tmp_path)
+    root = paths.dataset_root(profile, "src")
+    recs = train.training_records(profile, "src")
+    good = [r for r in recs if not r["anomaly"]]
+    bad = [r for r in recs if r["anomaly"]]
+    picks = [good[0], bad[-1], bad[2], bad[-3]]
+    image, mask = train._mosaic(root, picks, 0.0)
+    assert image.shape == (224, 224, 3) and mask.shape == (224, 224)
+    assert np.array_equal(image[:112, 112:], np.asarray(Image.open(root / picks[1]["img_path"])))
+    expected = read_mask(root / picks[3]["mask_path"]).astype(np.uint8) * 255
+    assert np.array_equal(mask[112:, 112:], expected)
+    assert not mask[:112, :112].any()  # picks[0] is a good image
+
+
+def pixel_auroc(profile, umci, dataset: str) -> float:
+    """Reference metric: scikit-learn over all pixels at S x S."""
+    side = profile.clip.image_size
+    recs = train.eval_records(profile, dataset)
+    train.extract_clip_features(profile, dataset, recs, progress=False)
+    maps = train.rough_maps(profile, umci, dataset, recs)
+    root = paths.dataset_root(profile, dataset)
+    labels, scores = [], []
+    for rec in recs:
+        mask = np.zeros((side, side), bool)
+        if rec["mask_path"]:
+            full = Image.fromarray(read_mask(root / rec["mask_path"]).astype(np.uint8) * 255)
+            mask = np.asarray(full.resize((side, side), Image.BILINEAR)) > 127
+        labels.append(mask.ravel())
+        scores.append(maps[rec["img_path"]].ravel())
+    return roc_auc_score(np.concatenate(labels), np.concatenate(scores))
+
+
+@pytest.mark.slow
+def test_short_training_raises_rough_map_auroc_on_other_data(tmp_path):
+    """Train on src (felt, moss), evaluate on dst (slate, sand): same defect, other textures."""
+    profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 6}})
+    result = train.train_umci(profile, "src", progress=False)
+    untrained = pixel_auroc(profile, train.init_umci(profile), "dst")
+    trained = pixel_auroc(profile, train.load_umci(result.checkpoint), "dst")
+    print(f"rough-map pixel AUROC on dst: untrained {untrained:.3f}, trained {trained:.3f}")
+    assert untrained == pytest.approx(0.520, abs=0.01)
+    assert trained == pytest.approx(0.555, abs=0.02)
+    assert trained > untrained + 0.02

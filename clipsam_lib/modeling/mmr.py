@@ -35,11 +35,14 @@ from clipsam_lib.modeling.sam_backbone import SamEmbedding
 PROMPT_MODES = ("point", "box", "point+box")
 FUSIONS = ("A", "B", "C")
 
-# Measured with bench/mmr.py (8 prompts, embedding cached): on CPU one decoder call per
-# prompt beats one batched call, because the batched call repeats the 256x64x64
-# embedding per prompt (``repeat_interleave``) and the larger activations run slower on
-# a few cores; on CUDA the batched call wins by filling the device.
-AUTO_BATCHING = {"cpu": "per_prompt", "cuda": "batched"}
+# Measured (bench/mmr.py and 8 smoke images with 108 regions, 2 shared CPU cores): on an
+# idle CPU one decoder call per prompt is 10-25% faster than one batched call (the batched
+# call repeats the 256x64x64 embedding per prompt); as soon as other processes share the
+# cores, per-prompt calls (8x more small parallel regions, each waiting on a descheduled
+# thread) become 2.5-3.2x slower than the batched call. Shared cores are the normal case
+# here (CI, notebooks beside other work), so batched is the default on CPU too; CUDA
+# batches anyway. ``mmr.decoder_batching`` overrides it.
+AUTO_BATCHING = {"cpu": "batched", "cuda": "batched"}
 
 
 # -- 1. prompts -------------------------------------------------------------------------

@@ -1,0 +1,311 @@
+"""MMR and module ablations (notebook 02): a variant = profile overrides -> metrics rows.
+
+A variant is a set of dotted overrides of the profile (``{"mmr.fusion": "B"}``). For each
+zero-shot direction of the profile, the variant's UMCI is trained on the auxiliary
+dataset (``train_umci`` loads a finished run instead of retraining, so variants that do
+not touch UMCI or training share one run), its final maps are written by
+``pipeline.run_dataset`` (backbone features from the caches; only UMCI and SAM's decoder
+run), evaluated with ``evaluate.evaluate_maps`` and averaged over classes.
+
+Each table has one row per (variant, test dataset), the metrics as fractions in [0, 1]
+(``pixel_*``), the same values x 100 for the Markdown/LaTeX renderings (``... (%)``
+columns), both PRO variants and the provenance columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipsam_lib import paths
+from clipsam_lib.config import Direction, ProfileConfig
+from clipsam_lib.provenance import index_hash, provenance_columns
+
+# Each table: its name, caption and {row label: overrides}. Everything not overridden is
+# the profile's default (UMCI on, MMR on with point+box prompts, 3 levels, fusion A).
+TABLES: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "ablation_modules": (
+        "Module ablation: CLIP baseline (linear projection), +UMCI, +UMCI+MMR",
+        {
+            "CLIP baseline": {"umci.enabled": False, "mmr.enabled": False},
+            "+UMCI": {"mmr.enabled": False},
+            "+UMCI+MMR": {},
+            # Not in the paper's table: MMR on the baseline's maps, so the table shows what
+            # MMR does on a rough map that UMCI did not produce.
+            "CLIP baseline + MMR": {"umci.enabled": False},
+        },
+    ),
+    "ablation_umci_paths": (
+        "UMCI internals (with MMR): strip path only, scale path only, both",
+        {
+            "strip only": {"umci.scale_path": False},
+            "scale only": {"umci.strip_path": False},
+            "strip + scale": {},
+        },
+    ),
+    "ablation_prompts": (
+        "MMR prompts: point, box, point+box",
+        {
+            "point": {"mmr.prompt_mode": "point"},
+            "box": {"mmr.prompt_mode": "box"},
+            "point+box": {"mmr.prompt_mode": "point+box"},
+        },
+    ),
+    "ablation_mask_levels": (
+        "MMR mask levels used in the fusion: 1, 2, 3",
+        {f"{n} level{'s' if n > 1 else ''}": {"mmr.mask_levels": n} for n in (1, 2, 3)},
+    ),
+    "ablation_fusion": (
+        "MMR fusion of SAM's masks with the rough map: A (default), B, C",
+        {f"fusion {f}": {"mmr.fusion": f} for f in ("A", "B", "C")},
+    ),
+}
+
+METRICS = ("pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_pro_linear200",
+           "pixel_pro_mvtec")
+PERCENT = {
+    "pixel_auroc": "P-AUROC (%)", "pixel_f1_max": "F1-max (%)", "pixel_ap": "AP (%)",
+    "pixel_pro_linear200": "PRO linear200 (%)", "pixel_pro_mvtec": "PRO mvtec (%)",
+}
+
+
+def ensure_data(profile: ProfileConfig) -> None:
+    """Build the embedded benchmark when the profile uses it (idempotent)."""
+    if any(spec.synthetic for spec in profile.datasets):
+        from clipsam_lib.data.synthetic import build_embedded_benchmark
+
+        build_embedded_benchmark(profile)
+
+
+def select_directions(
+    profile: ProfileConfig, directions: Sequence[int | str] | None = None
+) -> list[Direction]:
+    """The profile's directions, all (None) or picked by index or training dataset name."""
+    if directions is None:
+        return list(profile.directions)
+    picked = []
+    for d in directions:
+        if isinstance(d, int):
+            picked.append(profile.directions[d])
+        else:
+            matches = [x for x in profile.directions if x.train == d]
+            if not matches:
+                raise KeyError(f"No direction trains on {d!r} in profile {profile.name!r}.")
+            picked += matches
+    return picked
+
+
+@dataclass
+class VariantRun:
+    """One variant on one test dataset: its maps and macro-mean metrics."""
+
+    label: str
+    profile: ProfileConfig
+    train_dataset: str
+    test_dataset: str
+    maps: Any  # pipeline.MapSet
+    records: list[dict[str, Any]]
+    per_class: pd.DataFrame
+    mean: pd.Series
+
+
+# Results of this process, by (variant config hash, direction, test dataset): variants
+# repeated across tables (the defaults) are evaluated once.
+_RUNS: dict[tuple[str, str, str], VariantRun] = {}
+
+
+def run_variant(
+    profile: ProfileConfig,
+    overrides: dict[str, Any],
+    label: str,
+    direction: Direction,
+    progress: bool = False,
+) -> list[VariantRun]:
+    """Train (or load) the variant's UMCI for a direction, write and evaluate its maps."""
+    from clipsam_lib.evaluate import evaluate_maps, macro_mean
+    from clipsam_lib.pipeline import run_dataset
+    from clipsam_lib.train import eval_records, train_umci
+
+    variant = profile.replace(**overrides) if overrides else profile
+    runs = []
+    trained = None
+    for test in direction.test:
+        memo = (variant.hash(), direction.train, test)
+        if memo in _RUNS:
+            runs.append(_relabel(_RUNS[memo], label))
+            continue
+        if trained is None:
+            trained = train_umci(variant, direction.train, progress=progress)
+        records = eval_records(variant, test)
+        maps = run_dataset(variant, trained.checkpoint, test, records, progress=progress)
+        per_class = evaluate_maps(
+            records, paths.dataset_root(variant, test), maps, variant.eval,
+            variant.clip.image_size, test,
+        )
+        mean = macro_mean(per_class).iloc[0]
+        _RUNS[memo] = VariantRun(label, variant, direction.train, test, maps, records,
+                                 per_class, mean)
+        runs.append(_RUNS[memo])
+    return runs
+
+
+def _relabel(run: VariantRun, label: str) -> VariantRun:
+    return dataclasses.replace(run, label=label)
+
+
+def _dataset_index_hash(profile: ProfileConfig, dataset: str) -> str:
+    from clipsam_lib.data import load_or_build_index
+
+    spec = profile.dataset(dataset)
+    index = load_or_build_index(paths.dataset_root(profile, dataset), spec.layout, spec.split,
+                                mask_threshold=profile.eval.mask_threshold)
+    return index_hash(index)
+
+
+def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
+    """One row per run: variant, direction, metrics (fractions and %), provenance."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "variant": run.label,
+            "train": run.train_dataset,
+            "dataset": run.test_dataset,
+            "n_images": int(run.mean["n_images"]),
+        }
+        row.update({m: float(run.mean[m]) for m in METRICS})
+        row.update({PERCENT[m]: 100.0 * float(run.mean[m]) for m in METRICS})
+        refined = [run.maps.regions(rec) for rec in run.records]
+        row["images_refined"] = f"{sum(r > 0 for r in refined)}/{len(refined)}"
+        row["regions_per_image"] = float(np.mean(refined)) if refined else 0.0
+        row["map_dir"] = str(run.maps.dir)
+        row["note"] = run.mean.get("note", "")
+        row.update(provenance_columns(
+            run.profile,
+            protocol=run.profile.eval.protocol,
+            dataset_index_hash=_dataset_index_hash(run.profile, run.test_dataset),
+            config_hash=run.profile.hash(),
+        ))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_table(
+    profile: ProfileConfig,
+    name: str,
+    directions: Sequence[int | str] | None = None,
+    progress: bool = False,
+    base: dict[str, Any] | None = None,
+    write: bool = True,
+) -> pd.DataFrame:
+    """Run every variant of ``TABLES[name]`` and write ``results/<profile>/tables/<name>``.
+
+    ``base``: overrides under every variant of the table (e.g. ``{"umci.enabled": False}``
+    to study MMR on the CLIP baseline's maps); the caption says so.
+    """
+    from clipsam_lib.tables import write_table
+
+    caption, variants = TABLES[name]
+    base = base or {}
+    runs = [
+        run
+        for direction in select_directions(profile, directions)
+        for label, overrides in variants.items()
+        for run in run_variant(profile, {**base, **overrides}, label, direction, progress)
+    ]
+    table = table_rows(runs)
+    if write:
+        shown = ["variant", "train", "dataset", *PERCENT.values(), "images_refined"]
+        on = f"; every row with {base}" if base else ""
+        write_table(
+            table, paths.results_subdir(profile, "tables") / name,
+            caption=f"{caption} ({profile.name} profile{on}; pixel metrics x100, "
+                    f"{profile.eval.protocol} protocol; {provenance_note(profile)})",
+            display_columns=shown,
+        )
+    return table
+
+
+def provenance_note(profile: ProfileConfig) -> str:
+    from clipsam_lib.provenance import is_random_init
+
+    return "random-init backbones: plumbing, not the paper's numbers" \
+        if is_random_init(profile) else "pretrained backbones"
+
+
+def all_tables(
+    profile: ProfileConfig, directions: Sequence[int | str] | None = None,
+    progress: bool = False, mmr_base: dict[str, Any] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Every table of ``TABLES``; ``mmr_base`` goes under the MMR tables' variants.
+
+    Variants shared between tables (the defaults) are run once.
+    """
+    mmr_tables = ("ablation_prompts", "ablation_mask_levels", "ablation_fusion")
+    return {
+        name: ablation_table(profile, name, directions, progress,
+                             base=mmr_base if name in mmr_tables else None)
+        for name in TABLES
+    }
+
+
+# -- figure samples ------------------------------------------------------------------------
+
+
+def figure_samples(
+    profile: ProfileConfig,
+    direction: Direction | None = None,
+    n: int = 4,
+    overrides: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Anomalous test images (one per class first) with ClipSAM's output, for the figures.
+
+    Uses the variant's trained UMCI and the cached backbone features.
+    """
+    from clipsam_lib.data.io import read_image_rgb, read_mask
+    from clipsam_lib.figures import FigureSample
+    from clipsam_lib.pipeline import ClipSAMPredictor
+    from clipsam_lib.train import eval_records, train_umci
+
+    variant = profile.replace(**overrides) if overrides else profile
+    direction = direction or variant.directions[0]
+    test = direction.test[0]
+    trained = train_umci(variant, direction.train, progress=False)
+    predictor = ClipSAMPredictor(variant, trained.checkpoint)
+    root = paths.dataset_root(variant, test)
+    chosen = _spread_over_classes([r for r in eval_records(variant, test) if r["anomaly"]], n)
+    samples = []
+    for rec in chosen:
+        image = read_image_rgb(root / rec["img_path"])
+        gt = read_mask(root / rec["mask_path"], variant.eval.mask_threshold)
+        result = predictor.predict(image, rec["cls_name"])
+        samples.append(FigureSample(image, gt, result,
+                                    f"{rec['cls_name']}/{rec['specie_name']}"))
+    return samples
+
+
+def _spread_over_classes(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Up to n records, round-robin over classes (deterministic)."""
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_class.setdefault(rec["cls_name"], []).append(rec)
+    picked: list[dict[str, Any]] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(v) for v in by_class.values()):
+        picked += [v[depth] for v in by_class.values() if depth < len(v)][: n - len(picked)]
+        depth += 1
+    return picked
+
+
+def map_dir_sizes(runs: Sequence[VariantRun]) -> pd.DataFrame:
+    """Disk use of each variant's maps (for the notebook's bookkeeping)."""
+    seen = {}
+    for run in runs:
+        folder = Path(run.maps.dir)
+        seen[str(folder)] = sum(p.stat().st_size for p in folder.rglob("*.npy"))
+    return pd.DataFrame({"map_dir": list(seen), "MiB": np.array(list(seen.values())) / 2**20})

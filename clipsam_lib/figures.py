@@ -1,0 +1,150 @@
+"""ClipSAM figures: the qualitative figure (method.md section 4) and MMR step by step.
+
+Both take :class:`FigureSample` rows (an image, its ground truth and ClipSAM's output for
+it, e.g. a ``ClipSAMPrediction``) and write ``results/<profile>/figures/<name>.png``
+atomically. Heat maps are jet overlays at alpha 0.5, ground truth is drawn as contours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+from clipsam_lib import paths
+from clipsam_lib.config import ProfileConfig
+from clipsam_lib.io_utils import atomic_path
+
+LEVEL_COLORS = ("#e41a1c", "#ff7f00", "#377eb8")  # level 1 (best score), 2, 3
+OVERLAY_ALPHA = 0.5
+
+
+@dataclass
+class FigureSample:
+    """One row of a figure.
+
+    result: anything with ``clip_map, binary, prompts, masks, scores, final_map`` at the
+    original size (``ClipSAMPrediction`` or ``mmr.MMRResult``).
+    """
+
+    image: np.ndarray  # RGB uint8 H x W x 3
+    gt: np.ndarray | None  # bool H x W (None or all False for a normal image)
+    result: Any
+    title: str = ""
+
+
+# -- drawing helpers ---------------------------------------------------------------------
+
+
+def _heat(ax: plt.Axes, image: np.ndarray, heat: np.ndarray) -> None:
+    ax.imshow(image)
+    ax.imshow(heat, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
+
+
+def _gt_contours(ax: plt.Axes, gt: np.ndarray | None, color: str = "lime") -> None:
+    if gt is not None and gt.any():
+        ax.contour(gt.astype(float), levels=[0.5], colors=color, linewidths=1.2)
+
+
+def _prompts(ax: plt.Axes, prompts: Any) -> None:
+    for (x0, y0, x1, y1), (x, y) in zip(prompts.boxes, prompts.points):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1,
+                               fill=False, edgecolor="#00e5ff", linewidth=1.2))
+        ax.plot([x], [y], marker="*", color="yellow", markersize=9,
+                markeredgecolor="black", markeredgewidth=0.6)
+
+
+def _level_overlay(shape: tuple[int, int], masks: np.ndarray, level: int | None) -> np.ndarray:
+    """RGBA image of the masks of one level (or all levels, best on top)."""
+    rgba = np.zeros((*shape, 4), np.float32)
+    levels = range(masks.shape[1] - 1, -1, -1) if level is None else [level]
+    for lv in levels:
+        union = masks[:, lv].any(axis=0) if len(masks) else np.zeros(shape, bool)
+        rgba[union] = (*matplotlib.colors.to_rgb(LEVEL_COLORS[lv]), 0.6)
+    return rgba
+
+
+def _off(ax: plt.Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: plt.Figure, profile: ProfileConfig, name: str) -> Path:
+    out = paths.results_subdir(profile, "figures") / f"{name}.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+# -- figures -----------------------------------------------------------------------------
+
+QUALITATIVE_COLUMNS = ("image", "ground truth", "CLIP rough map", "binary map + prompts",
+                       "SAM masks by level", "final map")
+
+
+def qualitative_figure(
+    profile: ProfileConfig, samples: Sequence[FigureSample], name: str = "qualitative"
+) -> Path:
+    """Rows of samples; columns image | GT | rough map | binary + prompts | masks | final."""
+    n = len(samples)
+    fig, axes = plt.subplots(n, 6, figsize=(13, 2.3 * n + 0.4), squeeze=False)
+    for row, sample in zip(axes, samples):
+        res = sample.result
+        row[0].imshow(sample.image)
+        row[1].imshow(sample.image)
+        _gt_contours(row[1], sample.gt)
+        _heat(row[2], sample.image, res.clip_map)
+        row[3].imshow(res.binary, cmap="gray", vmin=0, vmax=1)
+        _prompts(row[3], res.prompts)
+        row[4].imshow(sample.image)
+        row[4].imshow(_level_overlay(res.binary.shape, res.masks, None))
+        _heat(row[5], sample.image, res.final_map)
+        _gt_contours(row[5], sample.gt, color="white")
+        row[0].set_ylabel(sample.title, fontsize=8)
+        for ax in row:
+            _off(ax)
+    for ax, title in zip(axes[0], QUALITATIVE_COLUMNS):
+        ax.set_title(title, fontsize=9)
+    legend = [plt.Line2D([], [], color=c, lw=6, label=f"level {i + 1}")
+              for i, c in enumerate(LEVEL_COLORS)]
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return _save(fig, profile, name)
+
+
+def mmr_steps_figure(
+    profile: ProfileConfig, samples: Sequence[FigureSample], name: str = "mmr_steps"
+) -> Path:
+    """Per sample: binary map + prompts, then SAM's masks of level 1, 2 and 3 (with scores)."""
+    n = len(samples)
+    fig, axes = plt.subplots(n, 4, figsize=(9.5, 2.4 * n + 0.3), squeeze=False)
+    for row, sample in zip(axes, samples):
+        res = sample.result
+        row[0].imshow(res.binary, cmap="gray", vmin=0, vmax=1)
+        _prompts(row[0], res.prompts)
+        _gt_contours(row[0], sample.gt)
+        row[0].set_ylabel(f"{sample.title}\n{len(res.prompts)} region(s)", fontsize=8)
+        for level in range(3):
+            ax = row[level + 1]
+            ax.imshow(sample.image)
+            ax.imshow(_level_overlay(res.binary.shape, res.masks, level))
+            _gt_contours(ax, sample.gt, color="white")
+            if len(res.scores):
+                scores = ", ".join(f"{s:.2f}" for s in res.scores[:, level])
+                ax.set_xlabel(f"scores: {scores}", fontsize=7)
+        for ax in row:
+            _off(ax)
+    titles = ("binary map, boxes, points", "level 1 (best score)", "level 2", "level 3")
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, profile, name)

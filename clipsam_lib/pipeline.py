@@ -1,0 +1,339 @@
+"""End-to-end ClipSAM: CLIP + UMCI rough map, then MMR with SAM (method.md, at a glance).
+
+Two entry points, both on the same per-image step (``final_map_of``):
+
+- :class:`ClipSAMPredictor`, modelled on segment-anything's ``SamPredictor``: the
+  expensive backbone work (CLIP stage tokens, SAM image embedding) is done once in
+  ``set_image`` (through the feature caches when enabled), then ``predict(class_name)``
+  runs only UMCI and SAM's decoder.
+- :func:`run_dataset`: final maps for a list of records, one float16 ``.npy`` per image
+  at the original resolution, in a folder keyed by the variant's config hash and the
+  UMCI weights, so ablation variants never mix and an interrupted run resumes. Backbone
+  features come from the caches; per variant only UMCI and SAM's decoder run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clipsam_lib import paths
+from clipsam_lib.config import MMRConfig, ProfileConfig
+from clipsam_lib.features import ClipFeatureStore, cache_clip_images, image_hash
+from clipsam_lib.io_utils import atomic_path, write_json_atomic
+from clipsam_lib.modeling.mmr import MMRResult, Prompts, refine, resize_map
+from clipsam_lib.modeling.sam_backbone import (
+    SamBackbone,
+    SamEmbedding,
+    SamEmbeddingReader,
+    build_sam,
+    cached_embedding,
+    extract_sam_embeddings,
+    resolve_device,
+    sam_cache,
+)
+from clipsam_lib.modeling.umci import UMCI
+
+Record = dict[str, Any]
+
+
+# -- the shared per-image step -----------------------------------------------------------
+
+
+def _as_umci(umci: UMCI | str | Path, device: torch.device) -> UMCI:
+    if isinstance(umci, (str, Path)):
+        from clipsam_lib.train import load_umci
+
+        umci = load_umci(umci)
+    return umci.to(device).eval()
+
+
+def without_refinement(rough_map: np.ndarray, size: tuple[int, int]) -> MMRResult:
+    """The MMR-off result: the rough map at the original size, no prompts, no masks."""
+    clip_map = np.clip(resize_map(rough_map, size), 0.0, 1.0)
+    h, w = size
+    empty = Prompts(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32),
+                    np.zeros(0, np.int64))
+    return MMRResult(clip_map, np.zeros(size, bool), empty, np.zeros((0, 3, h, w), bool),
+                     np.zeros((0, 3), np.float32), clip_map)
+
+
+def final_map_of(
+    rough_map: np.ndarray,
+    mmr_cfg: MMRConfig,
+    original_size: tuple[int, int],
+    sam: torch.nn.Module | None = None,
+    embedding: SamEmbedding | None = None,
+) -> MMRResult:
+    """Rough map -> every MMR step (or the upsampled rough map when MMR is off)."""
+    if not mmr_cfg.enabled:
+        return without_refinement(rough_map, original_size)
+    if sam is None or embedding is None:
+        raise ValueError("MMR is enabled: pass SAM and the image's SAM embedding.")
+    return refine(sam, embedding, rough_map, mmr_cfg)
+
+
+# -- predictor ---------------------------------------------------------------------------
+
+
+@dataclass
+class ClipSAMPrediction:
+    """What ClipSAM made of one image.
+
+    rough_map: UMCI's map, S x S in [0, 1]. final_map: H x W in [0, 1] (original size).
+    The other fields are MMR's steps at the original size (see ``mmr.MMRResult``).
+    """
+
+    class_name: str
+    rough_map: np.ndarray
+    clip_map: np.ndarray
+    binary: np.ndarray
+    prompts: Prompts
+    masks: np.ndarray
+    scores: np.ndarray
+    final_map: np.ndarray
+
+
+class ClipSAMPredictor:
+    """ClipSAM for one image at a time: ``set_image`` once, then ``predict`` per class.
+
+    Arguments:
+      profile: the configuration (backbones, UMCI switches, MMR switches, device).
+      umci: a trained UMCI or the path of a ``train_umci`` checkpoint.
+      use_cache: read/write backbone outputs through the profile's feature caches, so an
+        image seen before (e.g. during extraction) never runs a backbone again.
+
+    Backbones are built on first need: with everything cached, CLIP is never built and
+    SAM only for its decoder.
+    """
+
+    def __init__(self, profile: ProfileConfig, umci: UMCI | str | Path, *,
+                 use_cache: bool = True):
+        self.profile = profile
+        self.device = resolve_device(profile.device)
+        self.umci = _as_umci(umci, self.device)
+        self.use_cache = use_cache
+        self.clip_store = ClipFeatureStore(profile) if use_cache else None
+        self._clip = None
+        self._sam: SamBackbone | None = None
+        self.reset_image()
+
+    # -- lazily built backbones --------------------------------------------------------
+    @property
+    def clip(self) -> Any:
+        if self._clip is None:
+            from clipsam_lib.modeling.clip_backbone import ClipBackbone
+
+            self._clip = ClipBackbone(self.profile.clip, self.device)
+        return self._clip
+
+    @property
+    def sam(self) -> SamBackbone:
+        if self._sam is None:
+            self._sam = SamBackbone(self.profile.sam, device=str(self.device))
+        return self._sam
+
+    # -- image ------------------------------------------------------------------------
+    def reset_image(self) -> None:
+        self.tokens: list[torch.Tensor] | None = None
+        self.embedding: SamEmbedding | None = None
+        self.original_size: tuple[int, int] | None = None
+
+    def set_image(self, image_rgb: np.ndarray) -> None:
+        """Run (or read from the cache) the backbones for an RGB uint8 H x W x 3 image."""
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(
+                f"Expected an RGB uint8 H x W x 3 image, got {image_rgb.dtype} "
+                f"{tuple(image_rgb.shape)}."
+            )
+        self.reset_image()
+        self.original_size = tuple(image_rgb.shape[:2])
+        self.tokens = self._clip_tokens(image_rgb)
+        if self.profile.mmr.enabled:
+            self.embedding = self._sam_embedding(image_rgb)
+
+    def _clip_tokens(self, image_rgb: np.ndarray) -> list[torch.Tensor]:
+        if self.clip_store is None:
+            return self.clip.image_tokens(image_rgb)
+        tokens = self.clip_store.tokens_for_key(image_hash(image_rgb))
+        if tokens is None:
+            (key,) = cache_clip_images(self.profile, [image_rgb], backbone=self.clip)
+            tokens = self.clip_store.tokens_for_key(key)
+        return tokens
+
+    def _sam_embedding(self, image_rgb: np.ndarray) -> SamEmbedding:
+        if not self.use_cache:
+            return self.sam.embed(image_rgb)
+        reader = SamEmbeddingReader(self.profile)
+        backbone = None if reader.has(image_rgb) else self.sam
+        return cached_embedding(reader.cache, image_rgb, backbone)
+
+    def _text(self, class_name: str) -> torch.Tensor:
+        store = self.clip_store
+        if store is not None and store.has_text(class_name):
+            return store.text([class_name])[0]
+        text = self.clip.text_features([class_name])[0]
+        if store is None:
+            return text
+        store.cache.put(store.text_key(class_name), {"text": text})
+        return store.text([class_name])[0]  # as stored: warm and cold cache agree
+
+    # -- prediction ---------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, image_or_class: np.ndarray | str,
+                class_name: str | None = None) -> ClipSAMPrediction:
+        """``predict(class_name)`` after ``set_image``, or ``predict(image, class_name)``.
+
+        ``class_name`` is the dataset's class folder name (e.g. ``metal_nut``).
+        """
+        if class_name is None:
+            class_name = str(image_or_class)
+        else:
+            self.set_image(np.asarray(image_or_class))
+        if self.tokens is None:
+            raise RuntimeError("Set an image with set_image(...) before predict(class_name).")
+        tokens = [t[None].to(self.device) for t in self.tokens]
+        text = self._text(class_name)[None].to(self.device)
+        rough = self.umci(tokens, text, self.profile.clip.image_size).rough_map[0]
+        rough = rough.float().cpu().numpy()
+        sam = self.sam.model if self.profile.mmr.enabled else None
+        steps = final_map_of(rough, self.profile.mmr, self.original_size, sam, self.embedding)
+        return ClipSAMPrediction(
+            class_name, rough, steps.clip_map, steps.binary, steps.prompts, steps.masks,
+            steps.scores, steps.final_map,
+        )
+
+
+# -- dataset runner ----------------------------------------------------------------------
+
+
+def umci_weights_hash(umci: UMCI) -> str:
+    """Content hash of UMCI's weights (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(umci.state_dict().items()):
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def variant_of(profile: ProfileConfig, mmr_cfg: MMRConfig | None) -> ProfileConfig:
+    """The profile with its ``mmr`` section replaced (None: unchanged)."""
+    if mmr_cfg is None:
+        return profile
+    overrides = {f"mmr.{k}": v for k, v in mmr_cfg.__dict__.items()}
+    return profile.replace(**overrides)
+
+
+@dataclass
+class MapSet:
+    """Final maps of one variant on one dataset: ``maps(rec)`` reads one as float32.
+
+    Usable directly as ``evaluate_maps(..., get_map=maps, ...)``.
+    """
+
+    dir: Path
+    variant_key: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    computed: int = 0  # maps written by this call (the rest were already there)
+
+    def __call__(self, rec: Record) -> np.ndarray:
+        return np.load(self.paths[rec["img_path"]]).astype(np.float32)
+
+    def regions(self, rec: Record) -> int:
+        """How many regions MMR refined in this image (0: the map is the rough map)."""
+        return int(json.loads(self.paths[rec["img_path"]].with_suffix(".json").read_text())
+                   ["regions"])
+
+
+def map_path(folder: Path, rec: Record) -> Path:
+    return folder / Path(rec["img_path"]).with_suffix(".npy")
+
+
+def _save_map(path: Path, steps: MMRResult) -> None:
+    """The map (float16 .npy) and a sidecar with MMR's prompts and scores (.json).
+
+    The sidecar is written first: a map file only exists once the image is complete.
+    """
+    write_json_atomic(path.with_suffix(".json"), {
+        "regions": len(steps.prompts),
+        "boxes": steps.prompts.boxes.tolist(),
+        "points": steps.prompts.points.tolist(),
+        "scores": np.round(steps.scores, 5).tolist(),
+    })
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, steps.final_map.astype(np.float16))
+
+
+def run_dataset(
+    profile: ProfileConfig,
+    umci: UMCI | str | Path,
+    dataset_name: str,
+    records: Sequence[Record],
+    out_dir: str | Path | None = None,
+    *,
+    mmr_cfg: MMRConfig | None = None,
+    progress: bool = True,
+    chunk_size: int = 16,
+    sam: torch.nn.Module | None = None,
+) -> MapSet:
+    """Write the final map of every record; skip those already written (resume).
+
+    Maps go to ``<out_dir>/<dataset>/<config hash>-<UMCI hash>/<img_path>.npy``
+    (``out_dir`` defaults to ``results/<profile>/maps``), float16 at the original size,
+    each with a ``.json`` sidecar (MMR's regions, boxes, points, scores).
+    ``mmr_cfg`` replaces ``profile.mmr`` (an MMR ablation variant). Missing backbone
+    features are extracted into the caches first; ``sam`` may pass an already built SAM.
+    """
+    variant = variant_of(profile, mmr_cfg)
+    device = resolve_device(profile.device)
+    umci = _as_umci(umci, device)
+    variant_key = f"{variant.hash()}-{umci_weights_hash(umci)}"
+    root = Path(out_dir) if out_dir is not None else paths.results_subdir(profile, "maps")
+    folder = root / dataset_name / variant_key
+    maps = MapSet(folder, variant_key, {rec["img_path"]: map_path(folder, rec)
+                                        for rec in records})
+    todo = [rec for rec in records if not maps.paths[rec["img_path"]].is_file()]
+    if not todo:
+        return maps
+    write_json_atomic(folder / "variant.json", {
+        "dataset": dataset_name, "variant_key": variant_key, "config": variant.to_dict(),
+    })
+
+    from clipsam_lib.features import extract_clip_features
+    from clipsam_lib.train import rough_maps
+
+    extract_clip_features(profile, dataset_name, todo, progress=progress)
+    store = ClipFeatureStore(profile)
+    if variant.mmr.enabled:
+        extract_sam_embeddings(profile, dataset_name, todo, progress=progress)
+        sam = sam if sam is not None else build_sam(profile.sam).to(device)
+        cache = sam_cache(profile)
+
+    bar = tqdm(total=len(todo), desc=f"maps {dataset_name}", disable=not progress)
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        rough = rough_maps(profile, umci, dataset_name, chunk)
+        for rec in chunk:
+            size = (int(rec["height"]), int(rec["width"]))
+            embedding = None
+            if variant.mmr.enabled:
+                embedding = cached_embedding(cache, store.image_key(dataset_name, rec))
+            steps = final_map_of(rough[rec["img_path"]], variant.mmr, size, sam, embedding)
+            _save_map(maps.paths[rec["img_path"]], steps)
+            maps.computed += 1
+            bar.update()
+    bar.close()
+    return maps
+
+
+def read_variant(folder: str | Path) -> dict[str, Any]:
+    """The ``variant.json`` of a map folder (dataset, key, full config)."""
+    return json.loads((Path(folder) / "variant.json").read_text())

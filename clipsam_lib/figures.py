@@ -72,6 +72,12 @@ def _level_overlay(shape: tuple[int, int], masks: np.ndarray, level: int | None)
     return rgba
 
 
+def _row_height(samples: Sequence[FigureSample], column_width: float) -> float:
+    """Inches per row so that panels of the samples' mean aspect ratio fill the width."""
+    aspect = float(np.mean([s.image.shape[0] / s.image.shape[1] for s in samples]))
+    return column_width * aspect + 0.35
+
+
 def _off(ax: plt.Axes) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -96,7 +102,8 @@ def qualitative_figure(
 ) -> Path:
     """Rows of samples; columns image | GT | rough map | binary + prompts | masks | final."""
     n = len(samples)
-    fig, axes = plt.subplots(n, 6, figsize=(13, 2.3 * n + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n, 6, figsize=(13, _row_height(samples, 13 / 6) * n + 0.4),
+                             squeeze=False)
     for row, sample in zip(axes, samples):
         res = sample.result
         row[0].imshow(sample.image)
@@ -126,7 +133,8 @@ def mmr_steps_figure(
 ) -> Path:
     """Per sample: binary map + prompts, then SAM's masks of level 1, 2 and 3 (with scores)."""
     n = len(samples)
-    fig, axes = plt.subplots(n, 4, figsize=(9.5, 2.4 * n + 0.3), squeeze=False)
+    fig, axes = plt.subplots(n, 4, figsize=(9.5, _row_height(samples, 9.5 / 4) * n + 0.5),
+                             squeeze=False)
     for row, sample in zip(axes, samples):
         res = sample.result
         row[0].imshow(res.binary, cmap="gray", vmin=0, vmax=1)
@@ -139,8 +147,9 @@ def mmr_steps_figure(
             ax.imshow(_level_overlay(res.binary.shape, res.masks, level))
             _gt_contours(ax, sample.gt, color="white")
             if len(res.scores):
-                scores = ", ".join(f"{s:.2f}" for s in res.scores[:, level])
-                ax.set_xlabel(f"scores: {scores}", fontsize=7)
+                level_scores = res.scores[:, level]
+                ax.set_xlabel(f"score mean {level_scores.mean():.2f}, "
+                              f"max {level_scores.max():.2f}", fontsize=7)
         for ax in row:
             _off(ax)
     titles = ("binary map, boxes, points", "level 1 (best score)", "level 2", "level 3")

@@ -103,24 +103,22 @@ def extract_prompts(
         return binary, Prompts(empty, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
                                cfg.prompt_mode)
 
-    slices = ndimage.find_objects(regions)
-    h, w = score_map.shape
-    m = cfg.box_margin
-    boxes = np.array(
-        [
-            [
-                max(slices[i - 1][1].start - m, 0),
-                max(slices[i - 1][0].start - m, 0),
-                min(slices[i - 1][1].stop - 1 + m, w - 1),
-                min(slices[i - 1][0].stop - 1 + m, h - 1),
-            ]
-            for i in keep
-        ],
-        dtype=np.float32,
-    )
+    slices = ndimage.find_objects(regions)  # tight bounding slices, index = label - 1
+    boxes = np.array([_region_box(slices[i - 1], cfg.box_margin, score_map.shape)
+                      for i in keep], dtype=np.float32)
     points = np.array([_region_peak(score_map, regions, i, slices[i - 1]) for i in keep],
                       dtype=np.float32)
     return binary, Prompts(points, boxes, areas[keep - 1].astype(np.int64), cfg.prompt_mode)
+
+
+def _region_box(
+    box: tuple[slice, slice], margin: int, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), inclusive, widened by ``margin`` and clipped to the image."""
+    rows, cols = box
+    h, w = shape
+    return (max(cols.start - margin, 0), max(rows.start - margin, 0),
+            min(cols.stop - 1 + margin, w - 1), min(rows.stop - 1 + margin, h - 1))
 
 
 def _region_peak(

@@ -486,8 +486,13 @@ def rough_map_metrics(
     umci: UMCI,
     dataset_name: str,
     records: list[dict[str, Any]] | None = None,
+    extra_columns: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Per-class metrics of UMCI's rough maps through ``clipsam_lib.evaluate.evaluate_maps``."""
+    """Per-class metrics of UMCI's rough maps through ``clipsam_lib.evaluate.evaluate_maps``.
+
+    ``records`` default to the dataset's evaluation records; their CLIP features are
+    extracted first if missing. Metrics are fractions, one row per class.
+    """
     from clipsam_lib.evaluate import evaluate_maps
 
     records = records if records is not None else eval_records(profile, dataset_name)
@@ -499,8 +504,66 @@ def rough_map_metrics(
         lambda rec: maps[rec["img_path"]],
         profile.eval,
         profile.clip.image_size,
-        profile.dataset(dataset_name).layout,
+        dataset_name,
+        extra_columns=extra_columns,
     )
+
+
+def profile_records(profile: ProfileConfig) -> dict[str, list[dict[str, Any]]]:
+    """Every record the profile's notebooks touch, per dataset: training sets (their test
+    split, training subset) and evaluation sets (eval subset), without duplicates."""
+    wanted: dict[str, dict[str, dict[str, Any]]] = {}
+    train_sets = {d.train for d in profile.directions}
+    for spec in profile.datasets:
+        chosen = wanted.setdefault(spec.name, {})
+        if spec.name in train_sets:
+            chosen.update((r["img_path"], r) for r in training_records(profile, spec.name))
+        chosen.update((r["img_path"], r) for r in eval_records(profile, spec.name))
+    return {name: list(recs.values()) for name, recs in wanted.items()}
+
+
+def extract_profile_features(profile: ProfileConfig, *, progress: bool = True) -> list[Any]:
+    """Fill the CLIP cache for every dataset of the profile; one ExtractionReport each."""
+    return [
+        extract_clip_features(profile, name, recs, progress=progress)
+        for name, recs in profile_records(profile).items()
+    ]
+
+
+def rough_map_comparison(profile: ProfileConfig, results: dict[str, TrainResult]) -> pd.DataFrame:
+    """Rough-map metrics, untrained vs trained UMCI, per direction, class and macro mean.
+
+    ``results`` maps each direction's training dataset to its ``TrainResult``; the
+    untrained model is ``init_umci`` (where training starts). Every row carries the
+    provenance columns. Metrics are fractions.
+    """
+    from clipsam_lib.data import load_or_build_index
+    from clipsam_lib.evaluate import macro_mean
+    from clipsam_lib.provenance import index_hash, provenance_columns
+
+    frames = []
+    for direction in profile.directions:
+        result = results[direction.train]
+        models = {"untrained": init_umci(profile), "trained": load_umci(result.checkpoint)}
+        for test_set in direction.test:
+            spec = profile.dataset(test_set)
+            index = load_or_build_index(
+                paths.dataset_root(profile, test_set),
+                spec.layout,
+                spec.split,
+                mask_threshold=profile.eval.mask_threshold,
+            )
+            for label, umci in models.items():
+                extra = {
+                    "train": direction.train,
+                    "model": label,
+                    "epochs": result.epochs if label == "trained" else 0,
+                    "umci_run": result.run_dir.name,
+                    **provenance_columns(profile, dataset_index_hash=index_hash(index)),
+                }
+                per_class = rough_map_metrics(profile, umci, test_set, extra_columns=extra)
+                frames.append(pd.concat([per_class, macro_mean(per_class)], ignore_index=True))
+    return pd.concat(frames, ignore_index=True)
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -541,11 +604,14 @@ __all__ = [
     "TrainingSet",
     "dice_loss",
     "eval_records",
+    "extract_profile_features",
     "focal_loss",
     "init_umci",
     "load_umci",
     "plot_loss_curves",
     "prepare_training_set",
+    "profile_records",
+    "rough_map_comparison",
     "rough_map_metrics",
     "rough_maps",
     "run_dir",

@@ -55,6 +55,7 @@ def _with_regions(profile, umci, image):
     return profile.replace(**{"mmr.threshold": float(np.quantile(rough, 0.8))})
 
 
+@pytest.mark.slow
 def test_predictor_composes_the_backbones_umci_and_mmr(toy):
     profile, _, images = toy
     umci = init_umci(profile)
@@ -81,6 +82,7 @@ def test_predictor_composes_the_backbones_umci_and_mmr(toy):
     assert 0.0 <= out.final_map.min() and out.final_map.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_set_image_once_predict_many_classes(toy, monkeypatch):
     profile, _, images = toy
     predictor = ClipSAMPredictor(profile, init_umci(profile), use_cache=False)
@@ -97,6 +99,7 @@ def test_predict_before_set_image_is_an_error(toy):
         ClipSAMPredictor(profile, init_umci(profile), use_cache=False).predict("widget")
 
 
+@pytest.mark.slow
 def test_cached_predictor_never_reruns_the_backbones(toy, monkeypatch):
     profile, _, images = toy
     umci = init_umci(profile)
@@ -111,6 +114,7 @@ def test_cached_predictor_never_reruns_the_backbones(toy, monkeypatch):
     np.testing.assert_array_equal(again.final_map, first.final_map)
 
 
+@pytest.mark.slow
 def test_run_dataset_writes_resumes_and_keys_variants(toy, monkeypatch):
     profile, records, images = toy
     umci = init_umci(profile)

@@ -32,6 +32,12 @@ class ClipConfig:
     image_size: int = 518  # working resolution S; positional embedding interpolated
     stages: tuple[int, ...] = (6, 12, 18, 24)  # 1-indexed residual-stream taps
     keep_underscore: bool = False  # class-name underscore switch (peer keeps it)
+    # Class folder -> the object named in the sentences. MTD and KSDD2 hold one class whose
+    # folder name ("mtd", "ksdd2") means nothing to CLIP; the paper does not say what its
+    # prompts called them, so the names are a switch. Classes not listed keep their name.
+    class_names: dict[str, str] = field(
+        default_factory=lambda: {"mtd": "magnetic tile", "ksdd2": "commutator surface"}
+    )
     dtype: str = "fp32"  # "fp32" | "bf16" (autocast on the backbone forward)
     seed: int = 0  # only for random init
     # Activation of the CLIP blocks. None = as the weights were trained: OpenAI's CLIP used

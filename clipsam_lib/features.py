@@ -157,7 +157,9 @@ class ClipFeatureStore:
         )
 
     def text_key(self, class_name: str) -> str:
-        shown = text_prompts.display_name(class_name, self.cfg.keep_underscore)
+        shown = text_prompts.display_name(
+            class_name, self.cfg.keep_underscore, self.cfg.class_names
+        )
         name_hash = hashlib.sha256(f"{text_prompts.PROMPT_VERSION}|{shown}".encode()).hexdigest()
         return self.cache.key(name_hash, kind="clip_text")
 

@@ -192,6 +192,15 @@ def test_underscore_switch_changes_the_sentences():
     assert not torch.allclose(kept, replaced)
 
 
+def test_class_name_aliases_reach_the_sentences(backbone):
+    assert text_prompts.display_name("mtd", aliases={"mtd": "magnetic tile"}) == "magnetic tile"
+    assert text_prompts.display_name("metal_nut", aliases={"mtd": "magnetic tile"}) == "metal nut"
+    # The default profile names MTD's single class "magnetic tile" in the sentences.
+    assert torch.allclose(
+        backbone.text_features(["mtd"]), backbone.text_features(["magnetic tile"])
+    )
+
+
 def test_backbone_is_frozen_and_identity_names_everything(backbone):
     assert not backbone.model.training
     assert not any(p.requires_grad for p in backbone.model.parameters())

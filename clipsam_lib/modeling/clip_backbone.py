@@ -198,7 +198,9 @@ class ClipBackbone:
         """
         rows = []
         for name in class_names:
-            shown = text_prompts.display_name(name, self.cfg.keep_underscore)
+            shown = text_prompts.display_name(
+                name, self.cfg.keep_underscore, self.cfg.class_names
+            )
             if shown not in self._text_cache:
                 normal, anomalous = text_prompts.state_sentences(shown)
                 self._text_cache[shown] = torch.stack(

@@ -9,6 +9,8 @@ APRIL-GAN (peer) lists, which ClipSAM builds on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 NORMAL_STATES: tuple[str, ...] = (
     "{}",
     "flawless {}",
@@ -69,13 +71,17 @@ TEMPLATES: tuple[str, ...] = (
 PROMPT_VERSION = "april-gan-7x5x35-v1"
 
 
-def display_name(class_name: str, keep_underscore: bool = False) -> str:
+def display_name(
+    class_name: str, keep_underscore: bool = False, aliases: Mapping[str, str] | None = None
+) -> str:
     """The class name as it appears in the sentences.
 
-    Dataset folders use underscores (``metal_nut``); by default they become spaces
-    (``metal nut``). The peer keeps the underscore: ``keep_underscore=True``.
+    ``aliases`` rename a class first (``mtd`` -> ``magnetic tile``). Dataset folders use
+    underscores (``metal_nut``); by default they become spaces (``metal nut``). The peer
+    keeps the underscore: ``keep_underscore=True``.
     """
-    return class_name if keep_underscore else class_name.replace("_", " ")
+    name = (aliases or {}).get(class_name, class_name)
+    return name if keep_underscore else name.replace("_", " ")
 
 
 def state_sentences(name: str) -> tuple[list[str], list[str]]:

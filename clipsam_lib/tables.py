@@ -63,14 +63,17 @@ def write_table(
     caption: str = "",
     floatfmt: str = ".1f",
     display_columns: list[str] | None = None,
+    rendered: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write ``stem.csv`` (all columns, full precision), ``stem.md`` and ``stem.tex``.
 
-    ``display_columns`` picks the columns of the Markdown/LaTeX renderings (default: all).
-    Returns the three paths. Each file is written atomically.
+    ``display_columns`` picks the columns of the Markdown/LaTeX renderings (default: all);
+    ``rendered`` replaces them with another frame (e.g. the paper's wide layout of a long
+    CSV). Returns the three paths. Each file is written atomically.
     """
     stem = Path(stem)
-    shown = df[display_columns] if display_columns else df
+    shown = rendered if rendered is not None else df
+    shown = shown[display_columns] if display_columns else shown
     paths = {
         "csv": stem.with_suffix(".csv"),
         "md": stem.with_suffix(".md"),

@@ -29,3 +29,11 @@ def test_display_columns_limit_the_rendering_not_the_csv(tmp_path):
 
 def test_latex_escape():
     assert latex_escape("a_b & 5% #1") == r"a\_b \& 5\% \#1"
+
+
+def test_rendered_frame_replaces_the_markdown_but_not_the_csv(tmp_path):
+    long = pd.DataFrame({"variant": ["a", "a"], "dataset": ["x", "y"], "v": [1.0, 2.0]})
+    wide = pd.DataFrame({"variant": ["a"], "x": [1.0], "y": [2.0]})
+    paths = write_table(long, tmp_path / "t", rendered=wide)
+    assert pd.read_csv(paths["csv"]).shape == (2, 3)
+    assert "| a | 1.0 | 2.0 |" in paths["md"].read_text()

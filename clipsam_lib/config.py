@@ -79,6 +79,11 @@ class MMRConfig:
 
     enabled: bool = True
     threshold: float = 0.5  # theta for binarizing the rough map
+    # "absolute": B = M_c > theta (the reconstruction's default). "relative": B = M_c >
+    # theta * max(M_c) per image, for rough maps on no fixed scale (random-init backbones,
+    # whose trained UMCI maps can sit far below 0.5 everywhere); every map with a positive
+    # maximum then gets at least one region.
+    threshold_mode: str = "absolute"
     min_area: int = 0  # regions smaller than this (pixels, original size) are dropped
     box_margin: int = 0  # pixels added on each side of a region's box
     prompt_mode: str = "point+box"  # "point" | "box" | "point+box"

@@ -45,6 +45,10 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
     return df
 
 
+# Provenance columns our rows carry into the long comparison table.
+PROVENANCE = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash", "date")
+
+
 def _cell(value: float, status: str = "checked") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -71,16 +75,18 @@ def comparison_long(ours: pd.DataFrame, pro_column: str = "pixel_pro_linear200")
                 "protocol": PUBLISHED_PROTOCOL.get(record.method, "as published"),
                 "source": record.source,
             })
-    for row in ours.itertuples():
+    for row in ours.to_dict("records"):
         for metric in METRICS:
             source_column = pro_column if metric == "pixel_pro" else metric
-            value = getattr(row, source_column)
             rows.append({
-                "method": row.label, "table_dataset": PUBLISHED_DATASET.get(row.layout, row.layout),
-                "evaluated_on": row.dataset, "metric": metric,
-                "value": 100.0 * float(value),  # NaN stays NaN
-                "status": "this run", "protocol": f"{row.protocol} ({pro_column})",
-                "source": f"{row.weights}; commit {row.git_commit}",
+                "method": row["label"],
+                "table_dataset": PUBLISHED_DATASET.get(row["layout"], row["layout"]),
+                "evaluated_on": row["dataset"], "metric": metric,
+                "value": 100.0 * float(row[source_column]),  # NaN stays NaN, with its note
+                "status": "this run", "protocol": f"{row['protocol']} ({pro_column})",
+                "source": f"{row['weights']}; commit {row['git_commit']}",
+                "note": row.get("note") if isinstance(row.get("note"), str) else "",
+                **{k: row[k] for k in PROVENANCE if k in row},
             })
     return pd.DataFrame(rows)
 
@@ -100,6 +106,7 @@ def comparison_wide(long: pd.DataFrame) -> pd.DataFrame:
                 out[f"{dataset} {short}"] = (
                     _cell(hit["value"].iloc[0], hit["status"].iloc[0]) if len(hit) else "–"
                 )
+        out["status"] = "; ".join(dict.fromkeys(mine["status"]))
         out["protocol"] = "; ".join(dict.fromkeys(mine["protocol"]))
         table.append(out)
     return pd.DataFrame(table)

@@ -51,6 +51,21 @@ def test_ring_point_lies_inside_the_ring_not_at_its_centroid():
     assert score[y, x] == score[binary].max()
 
 
+def test_relative_threshold_scales_theta_by_each_maps_maximum():
+    score = np.zeros((10, 12), np.float32)
+    score[1:3, 1:3] = 2e-3  # far below an absolute theta of 0.5
+    score[6:9, 7:10] = 1e-3
+    assert not extract_prompts(score, cfg())[0].any()
+    binary, prompts = extract_prompts(score, cfg(threshold_mode="relative", threshold=0.4))
+    assert binary.sum() == 4 + 9 and len(prompts) == 2  # 1e-3 > 0.4 * 2e-3
+    binary, prompts = extract_prompts(score, cfg(threshold_mode="relative", threshold=0.6))
+    assert binary.sum() == 4 and len(prompts) == 1
+    zero = np.zeros((5, 5), np.float32)
+    assert len(extract_prompts(zero, cfg(threshold_mode="relative"))[1]) == 0
+    with pytest.raises(ValueError, match="threshold_mode"):
+        extract_prompts(score, cfg(threshold_mode="quantile"))
+
+
 def test_ties_resolve_to_the_first_pixel_in_raster_order():
     score = np.zeros((10, 10), np.float32)
     score[3:6, 4:8] = 0.8

@@ -19,6 +19,7 @@ def _ours():
         "pixel_auroc": 0.9123, "pixel_f1_max": 0.5, "pixel_ap": 0.25,
         "pixel_pro_linear200": 0.8, "pixel_pro_mvtec": math.nan,
         "protocol": "peer", "weights": "random-init", "git_commit": "abc",
+        "config_hash": "123", "note": "pixel_pro_mvtec: no anomalous region",
     }])
 
 
@@ -36,6 +37,9 @@ def test_long_table_converts_our_fractions_to_percent_and_keeps_sources():
     published = long[long["method"] == "ClipSAM"]
     assert set(published["table_dataset"]) == {"MVTec-AD"}  # only the layouts we evaluated
     assert (published["status"] == "unchecked").all()
+    ours = long[long["status"] == "this run"]
+    assert (ours["config_hash"] == "123").all() and (ours["git_commit"] == "abc").all()
+    assert ours["note"].str.contains("no anomalous region").all()  # why a value may be NaN
 
 
 def test_wide_table_marks_unchecked_cells_and_missing_ones():
@@ -45,6 +49,8 @@ def test_wide_table_marks_unchecked_cells_and_missing_ones():
     assert wide.loc["WinCLIP", "MVTec-AD AP"] == "–"  # not published
     assert wide.loc["ClipSAM (this run)", "MVTec-AD AUROC"] == "91.2"
     assert "peer" in wide.loc["ClipSAM (this run)", "protocol"]
+    assert wide.loc["ClipSAM (this run)", "status"] == "this run"
+    assert wide.loc["ClipSAM", "status"] == "unchecked"
 
 
 def test_mvtec_pro_variant_can_be_selected_and_nan_is_shown_as_missing():

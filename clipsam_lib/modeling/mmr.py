@@ -79,8 +79,18 @@ def resize_map(score_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(score_map, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def binarize(score_map: np.ndarray, threshold: float) -> np.ndarray:
-    """B = M_c > theta (eq. 7)."""
+THRESHOLD_MODES = ("absolute", "relative")
+
+
+def binarize(score_map: np.ndarray, threshold: float, mode: str = "absolute") -> np.ndarray:
+    """B = M_c > theta (eq. 7); ``mode="relative"``: B = M_c > theta * max(M_c)."""
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"mmr.threshold_mode {mode!r} is not one of {THRESHOLD_MODES}.")
+    if mode == "relative":
+        peak = float(score_map.max()) if score_map.size else 0.0
+        if peak <= 0.0:  # nothing stands out of a map that is zero everywhere
+            return np.zeros(score_map.shape, dtype=bool)
+        threshold = threshold * peak
     return score_map > threshold
 
 
@@ -90,7 +100,7 @@ def extract_prompts(
     """Binary map and per-region prompts of a rough map already at the original size."""
     if cfg.prompt_mode not in PROMPT_MODES:
         raise ValueError(f"mmr.prompt_mode {cfg.prompt_mode!r} is not one of {PROMPT_MODES}.")
-    binary = binarize(score_map, cfg.threshold)
+    binary = binarize(score_map, cfg.threshold, cfg.threshold_mode)
     regions, n = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))  # 8-connected
     ids = np.arange(1, n + 1)
     areas = np.bincount(regions.ravel(), minlength=n + 1)[1:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed MMR repetitions")
     parser.add_argument("--encoder-reps", type=int, default=1)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when redirected to a file
 
     torch.manual_seed(0)
     cfg = SamConfig(model_type=args.model_type, checkpoint=None)

@@ -28,6 +28,8 @@ from clipsam_lib.tables import write_table
 from clipsam_lib.train import eval_records
 
 PERCENT_COLUMNS = list(PERCENT.values())
+SHORT_METRIC = {"pixel_auroc": "pixel AUROC", "pixel_f1_max": "pixel F1-max",
+                "pixel_ap": "pixel AP", "pixel_pro": "PRO"}
 
 # The rows this project contributes to the main table: label -> profile overrides.
 OUR_METHODS: dict[str, dict[str, Any]] = {
@@ -142,10 +144,13 @@ def bar_plot(profile: ProfileConfig, summary: pd.DataFrame) -> Path:
     """Our rows beside the published ClipSAM numbers, one panel per metric."""
     long = comparison_long(summary)
     keep = long["method"].isin([*summary["label"].unique(), "ClipSAM"])
-    data = long[keep].dropna(subset=["value"])
+    data = long[keep].dropna(subset=["value"]).copy()
+    data.loc[data["status"] != "this run", "method"] = "ClipSAM (published)"
+    data["metric"] = data["metric"].map(SHORT_METRIC)
     grid = sns.catplot(data=data, kind="bar", x="table_dataset", y="value", hue="method",
                        col="metric", col_wrap=2, height=3.0, aspect=1.6, sharey=False)
     grid.set_axis_labels("", "%")
+    grid.set_titles("{col_name}")
     grid.figure.suptitle(f"This run ({profile.name}) beside the published ClipSAM", y=1.02)
     out = paths.results_subdir(profile, "figures") / "final_bars.png"
     with atomic_path(out) as tmp:

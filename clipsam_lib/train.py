@@ -109,16 +109,23 @@ class TrainingSet:
         return torch.from_numpy(bits.reshape(len(items), side, side))
 
 
-def training_records(profile: ProfileConfig, train_dataset: str) -> list[dict[str, Any]]:
-    """The auxiliary dataset's test split (all classes of the profile, optional subset)."""
+def _test_split(
+    profile: ProfileConfig, dataset_name: str, max_per_class: int | None
+) -> list[dict[str, Any]]:
+    """A dataset's test split: the profile's classes, at most ``max_per_class`` each."""
     from clipsam_lib.data import load_or_build_index, records
 
-    spec = profile.dataset(train_dataset)
-    root = paths.dataset_root(profile, train_dataset)
+    spec = profile.dataset(dataset_name)
+    root = paths.dataset_root(profile, dataset_name)
     index = load_or_build_index(
         root, spec.layout, spec.split, mask_threshold=profile.eval.mask_threshold
     )
-    return records(index, "test", spec.classes, profile.train.max_images_per_class)
+    return records(index, "test", spec.classes, max_per_class)
+
+
+def training_records(profile: ProfileConfig, train_dataset: str) -> list[dict[str, Any]]:
+    """The auxiliary dataset's test split (all classes of the profile, optional subset)."""
+    return _test_split(profile, train_dataset, profile.train.max_images_per_class)
 
 
 def prepare_training_set(
@@ -471,14 +478,7 @@ def rough_maps(
 
 def eval_records(profile: ProfileConfig, dataset_name: str) -> list[dict[str, Any]]:
     """The evaluation records of a dataset (test split, eval subset)."""
-    from clipsam_lib.data import load_or_build_index, records
-
-    spec = profile.dataset(dataset_name)
-    root = paths.dataset_root(profile, dataset_name)
-    index = load_or_build_index(
-        root, spec.layout, spec.split, mask_threshold=profile.eval.mask_threshold
-    )
-    return records(index, "test", spec.classes, profile.eval.max_images_per_class)
+    return _test_split(profile, dataset_name, profile.eval.max_images_per_class)
 
 
 def rough_map_metrics(

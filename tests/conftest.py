@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # MVTec AD: class -> (train, test total, test good, defect types) (datasets.md; the train
@@ -186,3 +187,12 @@ def mtd_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ksdd2_tree(tmp_path_factory) -> Path:
     return write_ksdd2_tree(tmp_path_factory.mktemp("ksdd2") / "KolektorSDD2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two cores shared by several jobs: one intra-op thread avoids OpenMP spin stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

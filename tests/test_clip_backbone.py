@@ -24,13 +24,7 @@ TINY = ClipConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two cores shared by several jobs: one intra-op thread avoids OpenMP spin stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(**changes) -> ClipBackbone:

@@ -16,14 +16,7 @@ from clipsam_lib import paths, train
 from clipsam_lib.data.io import read_mask
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two cores shared by several jobs: one intra-op thread avoids OpenMP spin stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -18,13 +18,7 @@ SMALL = UMCIConfig(hidden_dim=32, heads=4)
 C, D, STAGES, GRID = 24, 16, 3, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two cores shared by several jobs: one intra-op thread avoids OpenMP spin stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def inputs(batch: int = 2, seed: int = 0):

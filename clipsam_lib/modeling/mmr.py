@@ -319,7 +319,7 @@ def fuse(clip_map: np.ndarray, masks: np.ndarray, scores: np.ndarray,
 class MMRResult:
     """Every step of MMR for one image, at the original size.
 
-    clip_map: the rough map upsampled (float32). binary: ``clip_map > theta``.
+    clip_map: the rough map upsampled (float32). binary: ``binarize(clip_map)``.
     masks ``[N, 3, H, W]`` / scores ``[N, 3]``: SAM's output sorted by score.
     final_map: the fused map in [0, 1] (``clip_map`` when there is no region).
     """

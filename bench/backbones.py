@@ -1,0 +1,262 @@
+"""How fast are the frozen backbones on this machine, and how much does the cache save?
+
+Prints, for random-init real-size CLIP ViT-L-14-336 at 518 px (the paper's setting) and
+SAM ViT-H at 1024 px (image encoder only), batch 1, in fp32 and bf16 (autocast):
+seconds per image, FLOPs per image, achieved FLOP/s and its ratio to this machine's
+matrix-product peak in the same dtype, measured here with a large ``torch.matmul``.
+Targets (issue 4): CLIP >= 60 % of peak in fp32, SAM >= 40 % in bf16. Where bf16 has no
+hardware support (its peak is under half the fp32 one, as on AVX2-only CPUs) the bf16
+backbone runs are skipped unless ``--force-bf16`` and SAM is held to its target in fp32.
+
+Then the cache: a second pass over a dataset whose CLIP features are cached, against the
+first pass that computes them (tiny config on the embedded benchmark, and the real-size
+ViT-L on a few of its images). Target: >= 20x.
+
+FLOPs: SAM's are counted by ``torch.utils.flop_counter.FlopCounterMode`` (its attention is
+plain matmuls). For CLIP the counter misses open_clip's fused attention kernels, so the
+count is analytic (every matmul and the patch convolution; multiply-add = 2 FLOPs) and the
+counter's partial figure is printed beside it.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/backbones.py [--repeats 2] [--skip-sam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from clipsam_lib.config import ClipConfig, load_profile
+from clipsam_lib.modeling.clip_backbone import ClipBackbone
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+def seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: str, repeats: int = 5, min_seconds: float = 0.3) -> float:
+    """Best FLOP/s of an n x n x n matrix product in ``dtype`` (the machine's peak).
+
+    n doubles from 256 until one product takes ``min_seconds`` (or n = 4096): big enough to
+    reach the peak, small enough that a dtype without hardware support (bf16 on a CPU
+    without AVX512-BF16/AMX runs ~200x below fp32) does not take hours.
+    """
+    n = 256
+    while True:
+        a = torch.randn(n, n, dtype=DTYPES[dtype])
+        b = torch.randn(n, n, dtype=DTYPES[dtype])
+        first = _timed(functools.partial(torch.matmul, a, b))
+        if first >= min_seconds or n >= 4096:
+            break
+        n *= 2
+    best = min(_timed(functools.partial(torch.matmul, a, b)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def clip_analytic_flops(
+    image_size: int, patch: int, width: int, layers: int, mlp_ratio: float = 4.0
+) -> int:
+    """ViT forward through all blocks: patch conv, qkv/out projections, attention, MLP."""
+    grid = image_size // patch
+    tokens = grid * grid + 1
+    conv = 2 * grid * grid * (3 * patch * patch) * width
+    projections = 2 * tokens * width * (3 * width + width)
+    attention = 2 * 2 * tokens * tokens * width  # Q K^T and A V
+    mlp = 2 * 2 * tokens * width * int(mlp_ratio * width)
+    return conv + layers * (projections + attention + mlp)
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_clip(dtype: str, repeats: int, peak: float) -> dict:
+    cfg = ClipConfig(
+        model_name="ViT-L-14-336",
+        pretrained=None,
+        image_size=518,
+        stages=(6, 12, 18, 24),
+        dtype=dtype,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = ClipBackbone(cfg)
+    pixels = torch.randn(1, 3, 518, 518)
+
+    def run():
+        return clip.encode_stages(pixels)
+
+    flops = clip_analytic_flops(518, 14, 1024, 24)
+    partial = counted_flops(run)
+    sec = seconds(run, repeats, warmup=0)  # the counted run above was the warm-up
+    return {
+        "model": "CLIP ViT-L-14-336 @518",
+        "dtype": dtype,
+        "s/img": sec,
+        "GFLOP": flops / 1e9,
+        "counter GFLOP": partial / 1e9,
+        "GFLOP/s": flops / sec / 1e9,
+        "peak": peak,
+        "of peak": flops / sec / peak,
+    }
+
+
+def bench_sam(dtype: str, repeats: int, peak: float) -> dict:
+    from segment_anything import sam_model_registry
+
+    encoder = (
+        sam_model_registry["vit_h"](checkpoint=None).image_encoder.eval().requires_grad_(False)
+    )
+    pixels = torch.randn(1, 3, 1024, 1024)
+
+    def run():
+        with torch.no_grad(), autocast(dtype):
+            return encoder(pixels)
+
+    flops = counted_flops(run)
+    sec = seconds(run, repeats, warmup=0)  # the counted run above was the warm-up
+    return {
+        "model": "SAM ViT-H @1024 (image encoder)",
+        "dtype": dtype,
+        "s/img": sec,
+        "GFLOP": flops / 1e9,
+        "counter GFLOP": flops / 1e9,
+        "GFLOP/s": flops / sec / 1e9,
+        "peak": peak,
+        "of peak": flops / sec / peak,
+    }
+
+
+def bench_cache(overrides: dict, n_images: int | None, label: str) -> None:
+    """First pass (cold cache, builds the backbone) vs second pass (everything cached)."""
+    from clipsam_lib import paths
+    from clipsam_lib.data import load_or_build_index, records
+    from clipsam_lib.data.synthetic import build_embedded_benchmark
+    from clipsam_lib.features import ClipFeatureStore, extract_clip_features
+
+    profile = load_profile("smoke")
+    build_embedded_benchmark(profile)
+    spec = profile.dataset("synth_visa")
+    index = load_or_build_index(paths.dataset_root(profile, spec.name), spec.layout, spec.split)
+    recs = records(index, "test")
+    if n_images is not None:  # a few images of one class: one prompt ensemble to encode
+        recs = [r for r in recs if r["cls_name"] == recs[0]["cls_name"]][:n_images]
+    with tempfile.TemporaryDirectory() as cache, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = profile.replace(cache_dir=cache, **overrides)
+
+        def second_pass():
+            extract_clip_features(profile, spec.name, recs, progress=False)  # finds all cached
+            store = ClipFeatureStore(profile)  # then reads every entry, as training does
+            return [store.tokens(spec.name, rec) for rec in recs]
+
+        start = time.perf_counter()
+        first = extract_clip_features(profile, spec.name, recs, progress=False)
+        first_s = time.perf_counter() - start
+        second_s = seconds(second_pass, repeats=3, warmup=0)
+    images_s = first_s - first.text_seconds
+    print(
+        f"  {label}: {len(recs)} images; first pass {first_s:.2f} s ({first.computed} images "
+        f"computed, backbone built; of which {first.text_seconds:.2f} s for "
+        f"{first.texts_computed} class texts), second pass {second_s:.3f} s (all cached, "
+        f"tokens read) -> {first_s / second_s:.0f}x ({images_s / second_s:.0f}x without the "
+        f"texts); cache {first.cache_bytes / 2**20:.1f} MiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median)")
+    parser.add_argument("--skip-sam", action="store_true")
+    parser.add_argument("--skip-cache", action="store_true")
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="time the backbones in bf16 even where bf16 matmuls are slow")
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when redirected to a file
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    peaks = {dtype: matmul_peak(dtype) for dtype in DTYPES}
+    for dtype, peak in peaks.items():
+        print(f"matmul peak {dtype}: {peak / 1e9:.1f} GFLOP/s (square product, best of 5)")
+    dtypes = list(DTYPES)
+    if peaks["bf16"] < 0.5 * peaks["fp32"] and not args.force_bf16:
+        # A real-size backbone at this rate would take the better part of an hour.
+        print(f"bf16 runs at {peaks['bf16'] / peaks['fp32']:.3f}x the fp32 peak on this CPU "
+              "(no native bf16 matrix unit): bf16 backbone timings skipped, use fp32 here "
+              "(--force-bf16 runs them anyway)")
+        dtypes = ["fp32"]
+    rows = [bench_clip(dtype, args.repeats, peaks[dtype]) for dtype in dtypes]
+    if not args.skip_sam:
+        rows += [bench_sam(dtype, args.repeats, peaks[dtype]) for dtype in dtypes]
+    print(
+        f"\n{'model':34s} {'dtype':5s} {'s/img':>7s} {'GFLOP':>7s} {'counter':>8s} "
+        f"{'GFLOP/s':>8s} {'of peak':>8s}"
+    )
+    for r in rows:
+        print(
+            f"{r['model']:34s} {r['dtype']:5s} {r['s/img']:7.2f} {r['GFLOP']:7.0f} "
+            f"{r['counter GFLOP']:8.0f} {r['GFLOP/s']:8.1f} {100 * r['of peak']:7.1f}%"
+        )
+    for r in rows:
+        targets = {("CLIP", "fp32"): 0.60, ("SAM", "bf16"): 0.40}
+        if "bf16" not in dtypes:  # no bf16 here: hold SAM's fp32 run to the bf16 target
+            targets[("SAM", "fp32")] = 0.40
+        target = targets.get((r["model"][:4].strip(), r["dtype"]))
+        if target is not None:
+            verdict = "met" if r["of peak"] >= target else "MISSED"
+            print(
+                f"target {r['model']} {r['dtype']} >= {100 * target:.0f}% of peak: {verdict} "
+                f"({100 * r['of peak']:.1f}%)"
+            )
+    print(f"load average after the backbones: {os.getloadavg()[0]:.2f}")
+    if not args.skip_cache:
+        print("\nfeature cache (target: second pass >= 20x faster):")
+        bench_cache({}, None, "tiny clipsam-tiny-vit @224 fp32, synth_visa test split")
+        bench_cache(
+            {
+                "clip.model_name": "ViT-L-14-336",
+                "clip.image_size": 518,
+                "clip.stages": [6, 12, 18, 24],
+                "clip.dtype": dtypes[-1],
+            },
+            4,
+            f"ViT-L-14-336 @518 {dtypes[-1]} (random init), 4 synth_visa images of one class",
+        )
+
+
+if __name__ == "__main__":
+    main()

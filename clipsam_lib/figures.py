@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.io_utils import atomic_path
+from clipsam_lib.provenance import is_random_init
 
 LEVEL_COLORS = ("#e41a1c", "#ff7f00", "#377eb8")  # level 1 (best score), 2, 3
 OVERLAY_ALPHA = 0.5
@@ -44,9 +45,11 @@ class FigureSample:
 # -- drawing helpers ---------------------------------------------------------------------
 
 
-def _heat(ax: plt.Axes, image: np.ndarray, heat: np.ndarray) -> None:
+def _heat(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, per_image: bool = False) -> None:
+    """Jet overlay on [0, 1], or on the map's own [min, max] when ``per_image``."""
+    low, high = (float(heat.min()), float(heat.max())) if per_image else (0.0, 1.0)
     ax.imshow(image)
-    ax.imshow(heat, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
+    ax.imshow(heat, cmap="jet", alpha=OVERLAY_ALPHA, vmin=low, vmax=max(high, low + 1e-12))
 
 
 def _gt_contours(ax: plt.Axes, gt: np.ndarray | None, color: str = "lime") -> None:
@@ -98,9 +101,18 @@ QUALITATIVE_COLUMNS = ("image", "ground truth", "CLIP rough map", "binary map + 
 
 
 def qualitative_figure(
-    profile: ProfileConfig, samples: Sequence[FigureSample], name: str = "qualitative"
+    profile: ProfileConfig,
+    samples: Sequence[FigureSample],
+    name: str = "qualitative",
+    per_image_scale: bool | None = None,
 ) -> Path:
-    """Rows of samples; columns image | GT | rough map | binary + prompts | masks | final."""
+    """Rows of samples; columns image | GT | rough map | binary + prompts | masks | final.
+
+    Heat maps span [0, 1]; with ``per_image_scale`` (default: when the backbones are
+    random-init, whose maps can sit near 0 everywhere) each spans its own min-max.
+    """
+    if per_image_scale is None:
+        per_image_scale = is_random_init(profile)
     n = len(samples)
     fig, axes = plt.subplots(n, 6, figsize=(13, _row_height(samples, 13 / 6) * n + 0.4),
                              squeeze=False)
@@ -109,18 +121,19 @@ def qualitative_figure(
         row[0].imshow(sample.image)
         row[1].imshow(sample.image)
         _gt_contours(row[1], sample.gt)
-        _heat(row[2], sample.image, res.clip_map)
+        _heat(row[2], sample.image, res.clip_map, per_image_scale)
         row[3].imshow(res.binary, cmap="gray", vmin=0, vmax=1)
         _prompts(row[3], res.prompts)
         row[4].imshow(sample.image)
         row[4].imshow(_level_overlay(res.binary.shape, res.masks, None))
-        _heat(row[5], sample.image, res.final_map)
+        _heat(row[5], sample.image, res.final_map, per_image_scale)
         _gt_contours(row[5], sample.gt, color="white")
         row[0].set_ylabel(sample.title, fontsize=8)
         for ax in row:
             _off(ax)
     for ax, title in zip(axes[0], QUALITATIVE_COLUMNS):
-        ax.set_title(title, fontsize=9)
+        scaled = per_image_scale and "map" in title and "binary" not in title
+        ax.set_title(title + ("\n(min-max per image)" if scaled else ""), fontsize=9)
     legend = [plt.Line2D([], [], color=c, lw=6, label=f"level {i + 1}")
               for i, c in enumerate(LEVEL_COLORS)]
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False)

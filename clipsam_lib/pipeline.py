@@ -85,21 +85,13 @@ def final_map_of(
 
 
 @dataclass
-class ClipSAMPrediction:
-    """What ClipSAM made of one image.
-
-    rough_map: UMCI's map, S x S in [0, 1]. final_map: H x W in [0, 1] (original size).
-    The other fields are MMR's steps at the original size (see ``mmr.MMRResult``).
-    """
+class ClipSAMPrediction(MMRResult):
+    """What ClipSAM made of one image: MMR's steps at the original size (``MMRResult``:
+    clip_map, binary, prompts, masks, scores, final_map in [0, 1]), plus the class and
+    UMCI's rough map (S x S in [0, 1])."""
 
     class_name: str
     rough_map: np.ndarray
-    clip_map: np.ndarray
-    binary: np.ndarray
-    prompts: Prompts
-    masks: np.ndarray
-    scores: np.ndarray
-    final_map: np.ndarray
 
 
 class ClipSAMPredictor:
@@ -206,10 +198,7 @@ class ClipSAMPredictor:
         rough = rough.float().cpu().numpy()
         sam = self.sam.model if self.profile.mmr.enabled else None
         steps = final_map_of(rough, self.profile.mmr, self.original_size, sam, self.embedding)
-        return ClipSAMPrediction(
-            class_name, rough, steps.clip_map, steps.binary, steps.prompts, steps.masks,
-            steps.scores, steps.final_map,
-        )
+        return ClipSAMPrediction(**vars(steps), class_name=class_name, rough_map=rough)
 
 
 # -- dataset runner ----------------------------------------------------------------------

@@ -121,11 +121,14 @@ def write_protocol_comparison(profile: ProfileConfig, runs: list[Any]) -> pd.Dat
         if run.label != our_label(profile, "ClipSAM"):
             continue
         for protocol in ("peer", "mvtec"):
-            cfg = replace(profile.eval, protocol=protocol)
-            per_class = evaluate_maps(
-                eval_records(profile, run.test_dataset),
-                paths.dataset_root(profile, run.test_dataset), run.maps, cfg,
-                profile.clip.image_size, run.test_dataset)
+            if protocol == profile.eval.protocol:  # run_variant evaluated this one already
+                per_class = run.per_class
+            else:
+                per_class = evaluate_maps(
+                    eval_records(profile, run.test_dataset),
+                    paths.dataset_root(profile, run.test_dataset), run.maps,
+                    replace(profile.eval, protocol=protocol), profile.clip.image_size,
+                    run.test_dataset)
             mean = macro_mean(per_class).iloc[0]
             rows.append({"dataset": run.test_dataset, "protocol": protocol,
                          "resolution": mean["resolution"],

@@ -15,7 +15,11 @@ from clipsam_lib.paths import project_root
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit of the checkout, with ``+dirty`` when the tree has local changes."""
+    """Short commit of the checkout, with ``+dirty`` when its code has local changes.
+
+    Changes under ``results/`` do not count: the committed tables are rewritten by every
+    run, and a re-run must not call its own output a local change.
+    """
     try:
         root = project_root()
         commit = subprocess.run(
@@ -23,7 +27,8 @@ def git_commit() -> str:
             text=True, check=True, timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=root,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)results"], check=False, cwd=root,
             capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return commit + ("+dirty" if dirty else "")

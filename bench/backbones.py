@@ -101,6 +101,21 @@ def counted_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def result_row(model: str, dtype: str, sec: float, flops: int, counted: int,
+               peak: float) -> dict:
+    """One printed row: ``flops`` drive the rates; ``counted`` is FlopCounterMode's figure."""
+    return {
+        "model": model,
+        "dtype": dtype,
+        "s/img": sec,
+        "GFLOP": flops / 1e9,
+        "counter GFLOP": counted / 1e9,
+        "GFLOP/s": flops / sec / 1e9,
+        "peak": peak,
+        "of peak": flops / sec / peak,
+    }
+
+
 def bench_clip(dtype: str, repeats: int, peak: float) -> dict:
     cfg = ClipConfig(
         model_name="ViT-L-14-336",
@@ -120,16 +135,7 @@ def bench_clip(dtype: str, repeats: int, peak: float) -> dict:
     flops = clip_analytic_flops(518, 14, 1024, 24)
     partial = counted_flops(run)
     sec = seconds(run, repeats, warmup=0)  # the counted run above was the warm-up
-    return {
-        "model": "CLIP ViT-L-14-336 @518",
-        "dtype": dtype,
-        "s/img": sec,
-        "GFLOP": flops / 1e9,
-        "counter GFLOP": partial / 1e9,
-        "GFLOP/s": flops / sec / 1e9,
-        "peak": peak,
-        "of peak": flops / sec / peak,
-    }
+    return result_row("CLIP ViT-L-14-336 @518", dtype, sec, flops, partial, peak)
 
 
 def bench_sam(dtype: str, repeats: int, peak: float) -> dict:
@@ -146,16 +152,7 @@ def bench_sam(dtype: str, repeats: int, peak: float) -> dict:
 
     flops = counted_flops(run)
     sec = seconds(run, repeats, warmup=0)  # the counted run above was the warm-up
-    return {
-        "model": "SAM ViT-H @1024 (image encoder)",
-        "dtype": dtype,
-        "s/img": sec,
-        "GFLOP": flops / 1e9,
-        "counter GFLOP": flops / 1e9,
-        "GFLOP/s": flops / sec / 1e9,
-        "peak": peak,
-        "of peak": flops / sec / peak,
-    }
+    return result_row("SAM ViT-H @1024 (image encoder)", dtype, sec, flops, flops, peak)
 
 
 def bench_cache(overrides: dict, n_images: int | None, label: str) -> None:

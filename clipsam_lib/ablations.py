@@ -25,7 +25,7 @@ import pandas as pd
 
 from clipsam_lib import paths
 from clipsam_lib.config import Direction, ProfileConfig
-from clipsam_lib.provenance import index_hash, provenance_columns
+from clipsam_lib.provenance import dataset_index_hash, provenance_columns
 
 # Each table: its name, caption and {row label: overrides}. Everything not overridden is
 # the profile's default (UMCI on, MMR on with point+box prompts, 3 levels, fusion A).
@@ -159,15 +159,6 @@ def _relabel(run: VariantRun, label: str) -> VariantRun:
     return dataclasses.replace(run, label=label)
 
 
-def _dataset_index_hash(profile: ProfileConfig, dataset: str) -> str:
-    from clipsam_lib.data import load_or_build_index
-
-    spec = profile.dataset(dataset)
-    index = load_or_build_index(paths.dataset_root(profile, dataset), spec.layout, spec.split,
-                                mask_threshold=profile.eval.mask_threshold)
-    return index_hash(index)
-
-
 def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
     """One row per run: variant, direction, metrics (fractions and %), provenance."""
     rows = []
@@ -188,11 +179,29 @@ def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
         row.update(provenance_columns(
             run.profile,
             protocol=run.profile.eval.protocol,
-            dataset_index_hash=_dataset_index_hash(run.profile, run.test_dataset),
+            dataset_index_hash=dataset_index_hash(run.profile, run.test_dataset),
             config_hash=run.profile.hash(),
         ))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def variant_rows(
+    profile: ProfileConfig,
+    variants: dict[str, dict[str, Any]],
+    directions: Sequence[int | str] | None = None,
+    progress: bool = False,
+    base: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Metrics rows of every (direction, variant): ``{label: overrides}`` on top of ``base``."""
+    runs = [
+        run
+        for direction in select_directions(profile, directions)
+        for label, overrides in variants.items()
+        for run in run_variant(profile, {**(base or {}), **overrides}, label, direction,
+                               progress)
+    ]
+    return table_rows(runs)
 
 
 def ablation_table(
@@ -212,13 +221,7 @@ def ablation_table(
 
     caption, variants = TABLES[name]
     base = base or {}
-    runs = [
-        run
-        for direction in select_directions(profile, directions)
-        for label, overrides in variants.items()
-        for run in run_variant(profile, {**base, **overrides}, label, direction, progress)
-    ]
-    table = table_rows(runs)
+    table = variant_rows(profile, variants, directions, progress, base)
     if write:
         shown = ["variant", "train", "dataset", *PERCENT.values(), "images_refined"]
         on = f"; every row with {base}" if base else ""

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from clipsam_lib import paths
-from clipsam_lib.ablations import provenance_note, run_variant, select_directions, table_rows
+from clipsam_lib.ablations import provenance_note, variant_rows
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.tables import write_table
 
@@ -63,13 +63,7 @@ def sweep_table(
 ) -> pd.DataFrame:
     """Run one sweep and write ``results/<profile>/tables/<name>.{csv,md,tex}``."""
     caption, variants = sweeps(profile)[name]
-    runs = [
-        run
-        for direction in select_directions(profile, directions)
-        for label, overrides in variants.items()
-        for run in run_variant(profile, overrides, label, direction, progress)
-    ]
-    rows = table_rows(runs)
+    rows = variant_rows(profile, variants, directions, progress)
     write_table(
         rows, paths.results_subdir(profile, "tables") / name,
         caption=f"{caption}: pixel metrics in % per test dataset ({profile.name} profile, "

@@ -537,29 +537,22 @@ def rough_map_comparison(profile: ProfileConfig, results: dict[str, TrainResult]
     untrained model is ``init_umci`` (where training starts). Every row carries the
     provenance columns. Metrics are fractions.
     """
-    from clipsam_lib.data import load_or_build_index
     from clipsam_lib.evaluate import macro_mean
-    from clipsam_lib.provenance import index_hash, provenance_columns
+    from clipsam_lib.provenance import dataset_index_hash, provenance_columns
 
     frames = []
     for direction in profile.directions:
         result = results[direction.train]
         models = {"untrained": init_umci(profile), "trained": load_umci(result.checkpoint)}
         for test_set in direction.test:
-            spec = profile.dataset(test_set)
-            index = load_or_build_index(
-                paths.dataset_root(profile, test_set),
-                spec.layout,
-                spec.split,
-                mask_threshold=profile.eval.mask_threshold,
-            )
+            index_key = dataset_index_hash(profile, test_set)
             for label, umci in models.items():
                 extra = {
                     "train": direction.train,
                     "model": label,
                     "epochs": result.epochs if label == "trained" else 0,
                     "umci_run": result.run_dir.name,
-                    **provenance_columns(profile, dataset_index_hash=index_hash(index)),
+                    **provenance_columns(profile, dataset_index_hash=index_key),
                 }
                 per_class = rough_map_metrics(profile, umci, test_set, extra_columns=extra)
                 frames.append(pd.concat([per_class, macro_mean(per_class)], ignore_index=True))

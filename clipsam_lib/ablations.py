@@ -129,6 +129,7 @@ def run_variant(
 ) -> list[VariantRun]:
     """Train (or load) the variant's UMCI for a direction, write and evaluate its maps."""
     from clipsam_lib.evaluate import evaluate_maps, macro_mean
+    from clipsam_lib.features import clip_score_lookup
     from clipsam_lib.pipeline import run_dataset
     from clipsam_lib.train import eval_records, train_umci
 
@@ -147,6 +148,7 @@ def run_variant(
         per_class = evaluate_maps(
             records, paths.dataset_root(variant, test), maps, variant.eval,
             variant.clip.image_size, test,
+            clip_scores=clip_score_lookup(variant, test, records),
         )
         mean = macro_mean(per_class).iloc[0]
         _RUNS[memo] = VariantRun(label, variant, direction.train, test, maps, records,
@@ -285,7 +287,8 @@ def figure_samples(
     samples = []
     for rec in chosen:
         image = read_image_rgb(root / rec["img_path"])
-        gt = read_mask(root / rec["mask_path"], variant.eval.mask_threshold)
+        gt = read_mask(root / rec["mask_path"], variant.eval.mask_threshold,
+                       variant.eval.mask_binarization)
         result = predictor.predict(image, rec["cls_name"])
         samples.append(FigureSample(image, gt, result,
                                     f"{rec['cls_name']}/{rec['specie_name']}"))

@@ -40,9 +40,14 @@ class ClipConfig:
     )
     dtype: str = "fp32"  # "fp32" | "bf16" (autocast on the backbone forward)
     seed: int = 0  # only for random init
-    # Activation of the CLIP blocks. None = as the weights were trained: OpenAI's CLIP used
-    # QuickGELU (open_clip's tag config says so), the model JSON decides otherwise.
-    quick_gelu: bool | None = None
+    # Activation of the CLIP blocks (method.md section 5):
+    # "peer": what APRIL-GAN's code runs: QuickGELU only for OpenAI weights at their native
+    #   resolution (336 for ViT-L-14-336); at any other size its factory rebuilds the model
+    #   from the JSON config, which has no quick_gelu, so exact GELU (its published 518 px
+    #   results); other weights: the JSON's flag.
+    # "as_trained": QuickGELU for OpenAI weights at every size (how they were trained).
+    # "quick_gelu" | "gelu": forced.
+    activation: str = "peer"
 
 
 @dataclass
@@ -70,6 +75,10 @@ class UMCIConfig:
     residual: bool = True  # F = X + S + P (True) or F = S + P (False)
     stage_combination: str = "mean"  # "mean" (range [0,1]) | "sum" (peer, range [0, n])
     logit_scale: float = 100.0
+    # Corner convention of the bilinear upsampling of stage logits to S x S, in the maps and
+    # in the training loss alike. True: APRIL-GAN's test.py and train.py (peer); False: the
+    # half-pixel convention (torch's default), which stretches border cells by up to 6.5 px.
+    align_corners: bool = True
     text_dim: int | None = None  # None = the CLIP model's embedding dim
 
 
@@ -120,6 +129,20 @@ class EvalConfig:
     pro_variant: str = "linear200"  # "linear200" | "mvtec"
     fpr_limit: float = 0.3
     mask_threshold: float = 0.0  # source mask binarized with > this
+    # How a source mask's stored values become the compared value (then > mask_threshold):
+    # "luminance": PIL's convert("L") first, as APRIL-GAN (peer): palette masks go through
+    #   their palette and RGB masks through 0.299 R + 0.587 G + 0.114 B, so a dark palette
+    #   colour or a dark RGB mask value can turn into 0 (background);
+    # "raw": the stored values (palette indices; the largest colour channel of RGB masks).
+    # Identical on 0/255 grayscale masks (MVTec AD, KSDD2) and on MTD's grayscale masks.
+    mask_binarization: str = "luminance"
+    # Image-level anomaly score (the image columns of every table):
+    # "clip_global": softmax(100 cos(global CLIP image embedding, text features))[anomalous],
+    #   APRIL-GAN's zero-shot score (peer);
+    # "map_max": the maximum of the evaluated map;
+    # "clip_global+map_max": 0.5 (clip_global + map maximum min-max normalised over the
+    #   class's test images), APRIL-GAN's few-shot combination.
+    image_score: str = "clip_global"
     max_images_per_class: int | None = None
 
 

@@ -37,6 +37,7 @@ Record = dict[str, Any]
 GetMap = Callable[[Record], Any]
 
 PROTOCOLS = ("peer", "mvtec")
+IMAGE_SCORES = ("clip_global", "map_max", "clip_global+map_max")
 METRIC_COLUMNS = (
     "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_pro", "pixel_pro_linear200",
     "pixel_pro_mvtec", "image_auroc", "image_ap", "image_f1_max",
@@ -113,7 +114,7 @@ def protocol_mask(
     height, width = int(rec["height"]), int(rec["width"])
     if rec.get("mask_path"):
         path = dataset_root / rec["mask_path"]
-        mask = read_mask(path, cfg.mask_threshold)  # missing/corrupt -> DatasetError
+        mask = read_mask(path, cfg.mask_threshold, cfg.mask_binarization)  # bad -> DatasetError
         check_mask_matches((height, width), mask, path)
     elif rec.get("anomaly"):
         raise ValueError(
@@ -128,6 +129,10 @@ def protocol_mask(
 def _check_config(cfg: EvalConfig, records: Sequence[Record]) -> None:
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"EvalConfig.protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}.")
+    if cfg.image_score not in IMAGE_SCORES:
+        raise ValueError(
+            f"eval.image_score must be one of {IMAGE_SCORES}, got {cfg.image_score!r}."
+        )
     if cfg.pro_variant not in ("linear200", "mvtec"):
         raise ValueError(
             f"EvalConfig.pro_variant must be 'linear200' or 'mvtec', got {cfg.pro_variant!r}."
@@ -153,7 +158,7 @@ def evaluate_maps(
     image_size: int,
     dataset: str,
     *,
-    get_image_score: Callable[[Record], float] | None = None,
+    clip_scores: Callable[[Record], float] | None = None,
     extra_columns: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Evaluate anomaly maps class by class under ``eval_cfg.protocol``.
@@ -167,8 +172,8 @@ def evaluate_maps(
         eval_cfg: protocol, sigma, PRO variant, mask threshold, FPR limit.
         image_size: the working resolution S.
         dataset: dataset name written into each row.
-        get_image_score: optional ``rec -> float`` (e.g. the CLIP global score) used for the
-            image metrics instead of the map's maximum.
+        clip_scores: ``rec -> float``, the CLIP global image score
+            (``features.clip_global_scores``); needed when ``eval_cfg.image_score`` uses it.
         extra_columns: constant columns appended to every row (e.g. provenance columns).
 
     Returns:
@@ -179,12 +184,17 @@ def evaluate_maps(
     """
     records = list(records)
     _check_config(eval_cfg, records)
+    if "clip_global" in eval_cfg.image_score and clip_scores is None:
+        raise ValueError(
+            f"eval.image_score {eval_cfg.image_score!r} needs the CLIP global scores: pass "
+            "clip_scores (features.clip_global_scores) or set eval.image_score: map_max."
+        )
     root = Path(dataset_root)
     by_class: dict[str, list[Record]] = {}
     for rec in records:
         by_class.setdefault(rec["cls_name"], []).append(rec)
     rows = [
-        _evaluate_class(cls, recs, root, get_map, eval_cfg, image_size, get_image_score)
+        _evaluate_class(cls, recs, root, get_map, eval_cfg, image_size, clip_scores)
         for cls, recs in by_class.items()
     ]
     table = pd.DataFrame(rows)
@@ -201,15 +211,15 @@ def _evaluate_class(
     get_map: GetMap,
     cfg: EvalConfig,
     image_size: int,
-    get_image_score: Callable[[Record], float] | None,
+    clip_scores: Callable[[Record], float] | None,
 ) -> dict[str, Any]:
-    maps, masks, scores = [], [], []
+    maps, masks = [], []
     for rec in recs:
-        amap = protocol_map(rec, get_map, cfg, image_size)
-        maps.append(amap)
+        maps.append(protocol_map(rec, get_map, cfg, image_size))
         masks.append(protocol_mask(rec, root, cfg, image_size))
-        scores.append(float(get_image_score(rec)) if get_image_score else float(amap.max()))
     labels = np.array([int(bool(rec["anomaly"])) for rec in recs])
+    clip = None if clip_scores is None else np.array([float(clip_scores(r)) for r in recs])
+    scores = image_scores(cfg.image_score, np.array([m.max() for m in maps], float), clip)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -235,12 +245,29 @@ def _evaluate_class(
         "pro_variant": variant,
         "mask_threshold": float(cfg.mask_threshold),
         "fpr_limit": float(cfg.fpr_limit),
-        "image_score": "model" if get_image_score else "map_max",
+        "image_score": cfg.image_score,
     }
     row["note"] = _nan_note(row, masks, labels, [str(w.message) for w in caught])
     if row["note"]:
         warnings.warn(f"class {cls}: {row['note']}", stacklevel=3)
     return row
+
+
+def image_scores(kind: str, map_max: np.ndarray, clip: np.ndarray | None) -> np.ndarray:
+    """One class's image scores under ``eval.image_score`` (see EvalConfig).
+
+    "clip_global+map_max" is APRIL-GAN's few-shot combination: the map maxima are min-max
+    normalised over the class's images (a constant set becomes 0) and averaged with CLIP's.
+    """
+    if kind == "map_max":
+        return map_max
+    if clip is None:
+        raise ValueError(f"eval.image_score {kind!r} needs the CLIP global scores.")
+    if kind == "clip_global":
+        return clip
+    spread = map_max.max() - map_max.min()
+    normalised = (map_max - map_max.min()) / spread if spread > 0 else np.zeros_like(map_max)
+    return 0.5 * (clip + normalised)
 
 
 def _nan_note(

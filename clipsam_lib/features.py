@@ -101,8 +101,8 @@ class FeatureCache:
 
 
 # -- CLIP: stage tokens and text features ---------------------------------------------------
-# Entries of the CLIP cache: ``{"tokens": [n_stages, g*g, C]}`` per image (keyed by content
-# hash, resolution and backbone dtype) and ``{"text": [2, D]}`` per displayed class name.
+# Entries of the CLIP cache: ``{"tokens": [n_stages, g*g, C], "global": [D]}`` per image
+# (keyed by content hash, resolution and backbone dtype; "global" is the image embedding) and ``{"text": [2, D]}`` per displayed class name.
 # A per-dataset manifest maps image paths to content hashes (checked against file size and
 # mtime), so readers find an image's entry without decoding the image again.
 
@@ -153,7 +153,7 @@ class ClipFeatureStore:
     # -- keys ------------------------------------------------------------------------------
     def tokens_key(self, image_key: str) -> str:
         return self.cache.key(
-            image_key, kind="clip_tokens", size=self.cfg.image_size, dtype=self.cfg.dtype
+            image_key, kind="clip_tokens+global", size=self.cfg.image_size, dtype=self.cfg.dtype
         )
 
     def text_key(self, class_name: str) -> str:
@@ -178,6 +178,16 @@ class ClipFeatureStore:
         """Float32 ``[g*g, C]`` per stage, or None when this image is not cached."""
         entry = self.cache.get(self.tokens_key(image_key))
         return None if entry is None else list(entry["tokens"].float().unbind(0))
+
+    def global_embedding(self, dataset_name: str, rec: dict[str, Any]) -> torch.Tensor:
+        """Float32 ``[D]`` global image embedding of a record's image (raises if absent)."""
+        entry = self.cache.get(self.tokens_key(self.image_key(dataset_name, rec)))
+        if entry is None:
+            raise KeyError(
+                f"CLIP features of {dataset_name}/{rec['img_path']} are not in the cache "
+                f"{self.cache.dir}; run features.extract_clip_features first."
+            )
+        return entry["global"].float()
 
     def tokens(self, dataset_name: str, rec: dict[str, Any]) -> list[torch.Tensor]:
         """Float32 ``[g*g, C]`` per stage of a record's image (raises if not extracted)."""
@@ -249,6 +259,39 @@ class ClipFeatureStore:
         if theirs.get("root") == mine["root"]:
             mine["files"] = {**theirs.get("files", {}), **mine["files"]}
         write_json_atomic(self._manifest_path(dataset_name), mine)
+
+
+# CLIP's own logit scale (exp(4.6052) = 100), fixed in APRIL-GAN's image score.
+IMAGE_LOGIT_SCALE = 100.0
+
+
+def clip_global_scores(
+    profile: ProfileConfig, dataset_name: str, records: list[dict[str, Any]]
+) -> dict[str, float]:
+    """``{img_path: P(anomalous)}`` from the cached global embeddings: the softmax over
+    (normal, anomalous) of ``100 cos(image embedding, class text features)`` (peer)."""
+    store = ClipFeatureStore(profile)
+    classes = sorted({rec["cls_name"] for rec in records})
+    text_of = dict(zip(classes, store.text(classes)))
+    scores = {}
+    for rec in records:
+        embedding = torch.nn.functional.normalize(
+            store.global_embedding(dataset_name, rec), dim=-1
+        )
+        logits = IMAGE_LOGIT_SCALE * text_of[rec["cls_name"]] @ embedding  # [2]
+        scores[rec["img_path"]] = float(logits.softmax(-1)[1])
+    return scores
+
+
+def clip_score_lookup(
+    profile: ProfileConfig, dataset_name: str, records: list[dict[str, Any]]
+) -> Any:
+    """``rec -> CLIP global score`` for ``evaluate_maps(clip_scores=...)``, or None when
+    ``eval.image_score`` does not use it (features of the records must be extracted)."""
+    if "clip_global" not in profile.eval.image_score:
+        return None
+    scores = clip_global_scores(profile, dataset_name, records)
+    return lambda rec: scores[rec["img_path"]]
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -342,9 +385,10 @@ def _encode_and_store(
     store: ClipFeatureStore, backbone: Any, batch: list[tuple[str, np.ndarray]]
 ) -> int:
     pixels = torch.stack([backbone.preprocess(image) for _, image in batch])
-    stages = torch.stack(backbone.encode_stages(pixels), dim=1)  # [B, n_stages, g*g, C]
-    for (key, _), tokens in zip(batch, stages):
-        store.cache.put(store.tokens_key(key), {"tokens": tokens})
+    stages, global_embedding = backbone.encode_images(pixels)
+    stages = torch.stack(stages, dim=1)  # [B, n_stages, g*g, C]
+    for (key, _), tokens, embedding in zip(batch, stages, global_embedding):
+        store.cache.put(store.tokens_key(key), {"tokens": tokens, "global": embedding})
     return len(batch)
 
 

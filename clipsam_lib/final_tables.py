@@ -21,6 +21,7 @@ from clipsam_lib import paths
 from clipsam_lib.ablations import PERCENT, run_variant, table_rows
 from clipsam_lib.config import Direction, ProfileConfig
 from clipsam_lib.evaluate import evaluate_maps, export_mvtec_tiffs, macro_mean
+from clipsam_lib.features import clip_score_lookup
 from clipsam_lib.io_utils import atomic_path
 from clipsam_lib.paper_tables import comparison_long, comparison_wide, per_category
 from clipsam_lib.provenance import is_random_init
@@ -124,11 +125,12 @@ def write_protocol_comparison(profile: ProfileConfig, runs: list[Any]) -> pd.Dat
             if protocol == profile.eval.protocol:  # run_variant evaluated this one already
                 per_class = run.per_class
             else:
+                records = eval_records(profile, run.test_dataset)
                 per_class = evaluate_maps(
-                    eval_records(profile, run.test_dataset),
-                    paths.dataset_root(profile, run.test_dataset), run.maps,
+                    records, paths.dataset_root(profile, run.test_dataset), run.maps,
                     replace(profile.eval, protocol=protocol), profile.clip.image_size,
-                    run.test_dataset)
+                    run.test_dataset,
+                    clip_scores=clip_score_lookup(profile, run.test_dataset, records))
             mean = macro_mean(per_class).iloc[0]
             rows.append({"dataset": run.test_dataset, "protocol": protocol,
                          "resolution": mean["resolution"],

@@ -35,21 +35,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from clipsam_lib import paths
-from clipsam_lib.config import ProfileConfig, UMCIConfig
+from clipsam_lib.config import EvalConfig, ProfileConfig, UMCIConfig
 from clipsam_lib.features import (
     ClipFeatureStore,
     cache_clip_images,
+    clip_score_lookup,
     extract_clip_features,
     read_rgb,
 )
 from clipsam_lib.io_utils import atomic_path, write_json_atomic, write_text_atomic
 from clipsam_lib.modeling.clip_backbone import clip_dims, clip_identity, resolve_device
-from clipsam_lib.modeling.umci import UMCI, build_umci
+from clipsam_lib.modeling.umci import UMCI, build_umci, upsample_logits
 
 PLAN_VERSION = 1  # bump when the plan or mosaic construction changes
 
@@ -73,18 +73,20 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
 
 
 def umci_loss(
-    stage_logits: list[torch.Tensor], target: torch.Tensor, gamma: float = 2.0
+    stage_logits: list[torch.Tensor],
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    align_corners: bool = True,
 ) -> tuple[torch.Tensor, float, float]:
     """Sum over stages of focal + dice on the maps at the target's size.
 
     ``stage_logits`` are UMCI's per-stage ``[B, 2, g, g]`` logits; they are upsampled
-    (bilinear, as in UMCI's maps) and softmaxed here. Returns the loss and its two parts.
+    exactly as in UMCI's maps (``umci.align_corners``) and softmaxed here. Returns the loss
+    and its two parts.
     """
     focal = dice = 0
     for logits in stage_logits:
-        upsampled = F.interpolate(
-            logits, size=target.shape[-2:], mode="bilinear", align_corners=False
-        )
+        upsampled = upsample_logits(logits, tuple(target.shape[-2:]), align_corners)
         log_probs = upsampled.log_softmax(dim=1)
         focal = focal + focal_loss(log_probs, target, gamma)
         dice = dice + dice_loss(log_probs[:, 1].exp(), target)
@@ -155,7 +157,7 @@ def prepare_training_set(
     keys = [store.image_key(train_dataset, rec) for rec in recs]
     classes = [rec["cls_name"] for rec in recs]
     side = profile.clip.image_size
-    targets = [_packed(_target_mask(root, rec, profile.eval.mask_threshold), side) for rec in recs]
+    targets = [_packed(_target_mask(root, rec, profile.eval), side) for rec in recs]
 
     mosaic_on = spec.layout in tcfg.mosaic_layouts and tcfg.mosaic_rate > 0
     by_class: dict[str, list[int]] = {}
@@ -170,7 +172,7 @@ def prepare_training_set(
             for position in np.flatnonzero(flags):
                 members = by_class[classes[order[position]]]
                 picks = [members[int(j)] for j in rng.integers(0, len(members), 4)]
-                image, mask = _mosaic(root, [recs[i] for i in picks], profile.eval.mask_threshold)
+                image, mask = _mosaic(root, [recs[i] for i in picks], profile.eval)
                 keys.append(cache_clip_images(profile, [image])[0])
                 classes.append(classes[order[position]])
                 targets.append(_packed(mask, side))
@@ -194,6 +196,7 @@ def _data_key(profile: ProfileConfig, train_dataset: str, recs: list[dict], epoc
         "seed": tcfg.seed,
         "mosaic": [tcfg.mosaic_rate, spec.layout in tcfg.mosaic_layouts],
         "mask_threshold": profile.eval.mask_threshold,
+        "mask_binarization": profile.eval.mask_binarization,
         "image_size": profile.clip.image_size,
         "epochs": epochs,
     }
@@ -206,13 +209,15 @@ def _load_training_set(folder: Path, side: int, key: str) -> TrainingSet:
     return TrainingSet(plan["keys"], plan["classes"], targets, plan["epochs"], side, key)
 
 
-def _target_mask(root: Path, rec: dict[str, Any], threshold: float) -> np.ndarray:
-    """The record's mask as uint8 0/255 at its image size (zeros for normal images)."""
+def _target_mask(root: Path, rec: dict[str, Any], eval_cfg: EvalConfig) -> np.ndarray:
+    """The record's mask as uint8 0/255 at its image size (zeros for normal images),
+    binarized as the evaluation does (``eval.mask_threshold``, ``eval.mask_binarization``)."""
     from clipsam_lib.data.io import read_mask
 
     if not rec.get("mask_path"):
         return np.zeros((rec["height"], rec["width"]), np.uint8)
-    return read_mask(root / rec["mask_path"], threshold).astype(np.uint8) * 255
+    mask = read_mask(root / rec["mask_path"], eval_cfg.mask_threshold, eval_cfg.mask_binarization)
+    return mask.astype(np.uint8) * 255
 
 
 def _packed(mask: np.ndarray, side: int) -> np.ndarray:
@@ -221,7 +226,7 @@ def _packed(mask: np.ndarray, side: int) -> np.ndarray:
     return np.packbits(resized.reshape(-1))
 
 
-def _mosaic(root: Path, recs: list[dict], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _mosaic(root: Path, recs: list[dict], eval_cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
     """2x2 tiling of four images (and masks) of one class, each at the first one's size."""
     height, width = recs[0]["height"], recs[0]["width"]
     image = np.zeros((2 * height, 2 * width, 3), np.uint8)
@@ -231,7 +236,7 @@ def _mosaic(root: Path, recs: list[dict], threshold: float) -> tuple[np.ndarray,
         tile = Image.fromarray(read_rgb(root / rec["img_path"])).resize(
             (width, height), Image.BICUBIC
         )
-        tile_mask = Image.fromarray(_target_mask(root, rec, threshold)).resize(
+        tile_mask = Image.fromarray(_target_mask(root, rec, eval_cfg)).resize(
             (width, height), Image.NEAREST
         )
         image[y : y + height, x : x + width] = np.asarray(tile)
@@ -346,7 +351,9 @@ def _train_epoch(
         text = torch.stack([texts[data.classes[i]] for i in items]).to(device)
         target = data.target(items).to(device)
         out = umci(tokens, text)  # maps on the patch grid; the loss upsamples the logits
-        loss, focal, dice = umci_loss(out.stage_logits, target, profile.train.focal_gamma)
+        loss, focal, dice = umci_loss(
+            out.stage_logits, target, profile.train.focal_gamma, profile.umci.align_corners
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -505,6 +512,7 @@ def rough_map_metrics(
         profile.eval,
         profile.clip.image_size,
         dataset_name,
+        clip_scores=clip_score_lookup(profile, dataset_name, records),
         extra_columns=extra_columns,
     )
 

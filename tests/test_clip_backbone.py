@@ -160,7 +160,10 @@ def test_openai_tag_fails_fast_with_a_clear_message_when_offline(monkeypatch):
     assert time.perf_counter() - start < 5
     message = str(err.value)
     assert "ViT-L-14-336px.pt" in message and "clip.pretrained" in message
-    assert uses_quick_gelu(cfg)  # OpenAI's weights were trained with QuickGELU
+    # APRIL-GAN ran exact GELU at 518 px; OpenAI's weights were trained with QuickGELU.
+    assert not uses_quick_gelu(cfg)
+    assert uses_quick_gelu(dataclasses.replace(cfg, activation="as_trained"))
+    assert uses_quick_gelu(dataclasses.replace(cfg, image_size=336))
 
 
 def test_text_features_are_unit_norm_class_specific_and_match_a_direct_encoding(backbone):

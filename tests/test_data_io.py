@@ -79,12 +79,12 @@ def test_mask_threshold_on_raw_values(tmp_path):
     np.testing.assert_array_equal(read_mask(path, threshold=254.5), values > 254.5)
 
 
-def test_three_channel_mask_uses_channel_zero(tmp_path):
+def test_three_channel_mask_raw_uses_the_largest_colour_channel(tmp_path):
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 0, 0] = 255
-    rgb[1, 1, 2] = 255  # only in blue: not a defect pixel
+    rgb[1, 1, 2] = 255  # only in blue: still a marked pixel
     out = read_mask(_save(tmp_path / "rgb_mask.png", Image.fromarray(rgb)))
-    np.testing.assert_array_equal(out, [[True, False], [False, False]])
+    np.testing.assert_array_equal(out, [[True, False], [False, True]])
 
 
 def test_missing_file(tmp_path):

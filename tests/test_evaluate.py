@@ -96,7 +96,7 @@ def _pooled_reference(records, maps, masks):
 
 def test_peer_protocol_pools_pixels_of_all_images(mvtec_like):
     root, records, maps, masks = mvtec_like
-    table = evaluate_maps(records, root, lambda r: maps[r["img_path"]], EvalConfig(), S, "mv")
+    table = evaluate_maps(records, root, lambda r: maps[r["img_path"]], EvalConfig(image_score="map_max"), S, "mv")
     assert len(table) == 1
     row = table.iloc[0]
     y, s, labels, image_scores = _pooled_reference(records, maps, masks)
@@ -110,7 +110,7 @@ def test_peer_protocol_pools_pixels_of_all_images(mvtec_like):
 
 def test_protocol_columns_are_recorded(mvtec_like):
     root, records, maps, _ = mvtec_like
-    cfg = EvalConfig(protocol="peer", sigma=0.0, pro_variant="mvtec", mask_threshold=0.0)
+    cfg = EvalConfig(image_score="map_max", protocol="peer", sigma=0.0, pro_variant="mvtec", mask_threshold=0.0)
     table = evaluate_maps(records, root, lambda r: maps[r["img_path"]], cfg, S, "mv",
                           extra_columns={"profile": "test"})
     row = table.iloc[0]
@@ -123,7 +123,8 @@ def test_protocol_columns_are_recorded(mvtec_like):
 
 def test_visa_class_index_palette_masks_are_read_raw(visa_like):
     root, records, maps, masks = visa_like
-    table = evaluate_maps(records, root, lambda r: maps[r["img_path"]], EvalConfig(), S, "visa")
+    raw = EvalConfig(image_score="map_max", mask_binarization="raw")
+    table = evaluate_maps(records, root, lambda r: maps[r["img_path"]], raw, S, "visa")
     y, s, _, _ = _pooled_reference(records, maps, masks)
     assert y.sum() == 2 * (5 * 6 + 3 * 4)  # both index values count as defect
     assert abs(table.iloc[0].pixel_auroc - roc_auc_score(y, s)) < 1e-9
@@ -138,7 +139,8 @@ def test_per_class_macro_mean_leaves_nan_out_and_says_so(mvtec_like, visa_like, 
     records = mv_records + visa_records + normal_only
     with pytest.warns(UserWarning, match="no anomalous"):
         table = evaluate_maps(records, tmp_path, lambda r: all_maps[r["img_path"]],
-                              EvalConfig(), S, "mixed")
+                              EvalConfig(image_score="map_max", mask_binarization="raw"), S,
+                              "mixed")
     assert table.cls_name.tolist() == ["bottle", "pcb1", "empty"]
     empty = table.set_index("cls_name").loc["empty"]
     assert np.isnan(empty.pixel_auroc) and np.isnan(empty.pixel_pro)
@@ -156,8 +158,8 @@ def test_per_class_macro_mean_leaves_nan_out_and_says_so(mvtec_like, visa_like, 
 def test_macro_mean_refuses_to_mix_protocols(mvtec_like):
     root, records, maps, _ = mvtec_like
     get_map = lambda r: maps[r["img_path"]]
-    peer = evaluate_maps(records, root, get_map, EvalConfig(protocol="peer"), S, "mv")
-    mvtec = evaluate_maps(records, root, get_map, EvalConfig(protocol="mvtec"), S, "mv")
+    peer = evaluate_maps(records, root, get_map, EvalConfig(image_score="map_max", protocol="peer"), S, "mv")
+    mvtec = evaluate_maps(records, root, get_map, EvalConfig(image_score="map_max", protocol="mvtec"), S, "mv")
     with pytest.raises(ValueError, match="mix evaluation settings"):
         macro_mean(pd.concat([peer, mvtec]))
 
@@ -180,7 +182,7 @@ def test_peer_protocol_resizes_maps_and_masks(tmp_path):
     records = [_record("c", "c/a.png", "c/m.png", 1, "x", width=40, height=30),
                _record("c", "c/b.png", width=40, height=30)]
     small = {r["img_path"]: rng.random((8, 8)).astype(np.float32) for r in records}
-    table = evaluate_maps(records, tmp_path, lambda r: small[r["img_path"]], EvalConfig(), S, "c")
+    table = evaluate_maps(records, tmp_path, lambda r: small[r["img_path"]], EvalConfig(image_score="map_max"), S, "c")
 
     def upsample(a):  # bilinear, half-pixel centres (torch as the independent reference)
         return torch.nn.functional.interpolate(
@@ -203,7 +205,7 @@ def test_mvtec_protocol_evaluates_at_original_resolution(tmp_path):
     records = [_record("c", "c/a.png", "c/m.png", 1, "x", width=32, height=24),
                _record("c", "c/b.png", width=32, height=24)]
     at_s = {r["img_path"]: rng.random((8, 8)).astype(np.float32) for r in records}
-    cfg = EvalConfig(protocol="mvtec")
+    cfg = EvalConfig(image_score="map_max", protocol="mvtec")
     table = evaluate_maps(records, tmp_path, lambda r: at_s[r["img_path"]], cfg, 8, "c")
     row = table.iloc[0]
     assert row.resolution == "original" and row.pro_variant == "mvtec"
@@ -219,7 +221,7 @@ def test_mvtec_protocol_evaluates_at_original_resolution(tmp_path):
 def test_sigma_smooths_the_maps_before_the_image_score(mvtec_like):
     root, records, maps, _ = mvtec_like
     get_map = lambda r: maps[r["img_path"]]
-    table = evaluate_maps(records, root, get_map, EvalConfig(sigma=2.0), S, "mv")
+    table = evaluate_maps(records, root, get_map, EvalConfig(image_score="map_max", sigma=2.0), S, "mv")
     smoothed = [ndimage.gaussian_filter(maps[r["img_path"]], 2.0).max() for r in records]
     labels = [r["anomaly"] for r in records]
     assert abs(table.iloc[0].image_auroc - roc_auc_score(labels, smoothed)) < 1e-9
@@ -249,12 +251,12 @@ def test_missing_or_mismatched_mask_is_a_clear_error(mvtec_like):
     get_map = lambda r: maps[r["img_path"]]
     missing = [dict(records[2], mask_path="bottle/ground_truth/broken/999_mask.png")]
     with pytest.raises(ValueError, match="999_mask.png"):
-        evaluate_maps(missing, root, get_map, EvalConfig(), S, "mv")
+        evaluate_maps(missing, root, get_map, EvalConfig(image_score="map_max"), S, "mv")
     wrong_size = [dict(records[2], width=S + 1)]
     with pytest.raises(ValueError, match="002_mask.png"):
-        evaluate_maps(wrong_size, root, get_map, EvalConfig(), S, "mv")
+        evaluate_maps(wrong_size, root, get_map, EvalConfig(image_score="map_max"), S, "mv")
     other_threshold = [dict(records[2], mask_threshold=127)]
     with pytest.raises(ValueError, match="mask_threshold"):
-        evaluate_maps(other_threshold, root, get_map, EvalConfig(), S, "mv")
+        evaluate_maps(other_threshold, root, get_map, EvalConfig(image_score="map_max"), S, "mv")
     with pytest.raises(ValueError, match="protocol"):
-        evaluate_maps(records, root, get_map, EvalConfig(protocol="loco"), S, "mv")
+        evaluate_maps(records, root, get_map, EvalConfig(image_score="map_max", protocol="loco"), S, "mv")

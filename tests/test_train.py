@@ -71,7 +71,7 @@ def test_training_reads_only_the_cache(tmp_path, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a backbone was called during training")
 
-    for method in ("__init__", "encode_stages", "text_features", "preprocess"):
+    for method in ("__init__", "encode_images", "text_features", "preprocess"):
         monkeypatch.setattr(ClipBackbone, method, refuse)
     result = train.train_umci(profile, "src", progress=False)
     assert result.epochs == 2 and len(result.losses) == 2 * 3  # 24 images, batch 8
@@ -164,10 +164,11 @@ def test_mosaic_tiles_images_and_masks_in_reading_order(tmp_path):
     good = [r for r in recs if not r["anomaly"]]
     bad = [r for r in recs if r["anomaly"]]
     picks = [good[0], bad[-1], bad[2], bad[-3]]
-    image, mask = train._mosaic(root, picks, 0.0)
+    image, mask = train._mosaic(root, picks, profile.eval)
     assert image.shape == (224, 224, 3) and mask.shape == (224, 224)
     assert np.array_equal(image[:112, 112:], np.asarray(Image.open(root / picks[1]["img_path"])))
-    expected = read_mask(root / picks[3]["mask_path"]).astype(np.uint8) * 255
+    expected = read_mask(root / picks[3]["mask_path"], 0.0, profile.eval.mask_binarization)
+    expected = expected.astype(np.uint8) * 255
     assert np.array_equal(mask[112:, 112:], expected)
     assert not mask[:112, :112].any()  # picks[0] is a good image
 

@@ -44,9 +44,11 @@ def test_output_shapes_and_map_ranges():
     assert umci(tokens, text).stage_maps[0].shape == (2, 2, GRID, GRID)  # no out_size: grid
 
 
-def test_linear_baseline_is_scaled_cosine_then_bilinear_then_softmax():
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_linear_baseline_is_scaled_cosine_then_bilinear_then_softmax(align_corners):
     """UMCI off: logits = 100 cos(W v + b, L_c), computed here by hand."""
-    umci = build_umci(dataclasses.replace(SMALL, enabled=False), C, D, STAGES)
+    cfg = dataclasses.replace(SMALL, enabled=False, align_corners=align_corners)
+    umci = build_umci(cfg, C, D, STAGES)
     tokens, text = inputs()
     out = umci(tokens, text, out_size=16)
     for i in range(STAGES):
@@ -55,7 +57,7 @@ def test_linear_baseline_is_scaled_cosine_then_bilinear_then_softmax():
         cos = torch.einsum("bnd,bcd->bcn", F.normalize(projected, dim=-1), text)
         logits = (100 * cos).reshape(2, 2, GRID, GRID)
         assert torch.allclose(out.stage_logits[i], logits, atol=1e-4)
-        up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+        up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=align_corners)
         assert torch.allclose(out.stage_maps[i], up.softmax(1), atol=1e-5)
 
 

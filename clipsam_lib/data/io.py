@@ -6,6 +6,7 @@ another image) becomes a one-sentence ``DatasetError`` naming the file and the f
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,17 +77,44 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def read_mask(path: str | Path, threshold: float = 0.0) -> np.ndarray:
-    """The mask at ``path`` as a bool ``H x W`` array: ``raw value > threshold``.
+MASK_BINARIZATIONS = ("raw", "luminance")
 
-    The RAW stored values are binarized: VisA masks are class-index maps (values 1..K
-    that look black), sometimes palette PNGs whose palette would map them to other
-    values; MTD masks are anti-aliased 0-255. Multi-channel masks use channel 0.
+
+def read_mask(path: str | Path, threshold: float = 0.0, binarization: str = "raw") -> np.ndarray:
+    """The mask at ``path`` as a bool ``H x W`` array: ``value > threshold``.
+
+    ``binarization`` says what the value is (``eval.mask_binarization``):
+
+    - "raw": the stored values. VisA masks are class-index maps (values 1..K that look
+      black), sometimes palette PNGs whose palette would map them to other values, so the
+      indices are read, not the colours; MTD masks are anti-aliased 0-255; RGB(A) masks use
+      their largest colour channel (alpha ignored).
+    - "luminance": PIL's ``convert("L")`` first, as APRIL-GAN (peer): a palette index goes
+      through its palette colour, RGB through 0.299 R + 0.587 G + 0.114 B (rounded), so a
+      dark palette colour or RGB value becomes 0. A warning names the file when that drops
+      pixels the stored values mark.
     """
-    array = np.asarray(_open(path))  # palette images give their indices, not colours
+    if binarization not in MASK_BINARIZATIONS:
+        raise ValueError(
+            f"eval.mask_binarization must be one of {MASK_BINARIZATIONS}, not {binarization!r}."
+        )
+    image = _open(path)
+    array = np.asarray(image)  # palette images give their indices, not colours
     if array.ndim == 3:
-        array = array[:, :, 0]
-    return array > threshold
+        array = array[:, :, :3].max(axis=2)
+    raw = array > threshold
+    if binarization == "raw":
+        return raw
+    luminance = np.asarray(image.convert("L")) > threshold
+    lost = int(raw.sum()) - int((raw & luminance).sum())
+    if lost:
+        warnings.warn(
+            f"Mask {path}: the peer's luminance binarization drops {lost} of {int(raw.sum())} "
+            f"pixels its stored values mark (mode {image.mode}); eval.mask_binarization: raw "
+            "keeps them.",
+            stacklevel=2,
+        )
+    return luminance
 
 
 def mask_size_error(

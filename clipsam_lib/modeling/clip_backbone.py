@@ -64,21 +64,38 @@ def pretrained_tag_config(cfg: ClipConfig) -> dict[str, Any] | None:
     return tag_cfg or None
 
 
-def uses_quick_gelu(cfg: ClipConfig) -> bool:
-    """QuickGELU if the config says so; otherwise as the weights were trained.
+ACTIVATIONS = ("peer", "as_trained", "quick_gelu", "gelu")
 
-    For a local checkpoint of a model that has an ``openai`` tag, the file is assumed to
-    be OpenAI's (the only local file this project documents); set ``clip.quick_gelu``
-    explicitly for anything else.
+
+def _openai_weights(cfg: ClipConfig) -> bool:
+    """Whether the weights are OpenAI's: the ``openai`` tag, or a local file of a model that
+    has that tag (the only local CLIP file this project documents is OpenAI's archive)."""
+    if cfg.pretrained is None:
+        return False
+    if cfg.pretrained == "openai":
+        return True
+    is_tag = pretrained_tag_config(cfg) is not None
+    return not is_tag and bool(open_clip.get_pretrained_cfg(cfg.model_name, "openai"))
+
+
+def uses_quick_gelu(cfg: ClipConfig) -> bool:
+    """The activation ``clip.activation`` resolves to (True = QuickGELU, False = GELU).
+
+    "peer" follows APRIL-GAN's vendored factory: OpenAI weights at the model's native size
+    are loaded as OpenAI's own model (QuickGELU); at any other size the model is rebuilt
+    from its JSON config, which for ViT-L-14-336 has no ``quick_gelu`` (exact GELU).
     """
-    if cfg.quick_gelu is not None:
-        return cfg.quick_gelu
-    tag_cfg = pretrained_tag_config(cfg)
-    if tag_cfg is None and cfg.pretrained is not None:
-        tag_cfg = open_clip.get_pretrained_cfg(cfg.model_name, "openai") or None
-    if tag_cfg is not None:
-        return bool(tag_cfg.get("quick_gelu", False))
-    return bool(_base_model_config(cfg).get("quick_gelu", False))
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"clip.activation must be one of {ACTIVATIONS}, not {cfg.activation!r}.")
+    if cfg.activation in ("quick_gelu", "gelu"):
+        return cfg.activation == "quick_gelu"
+    json_flag = bool(_base_model_config(cfg).get("quick_gelu", False))
+    if not _openai_weights(cfg):
+        return json_flag
+    if cfg.activation == "as_trained":
+        return True
+    native = _base_model_config(cfg)["vision_cfg"]["image_size"]
+    return True if cfg.image_size == native else json_flag
 
 
 def _base_model_config(cfg: ClipConfig) -> dict[str, Any]:
@@ -172,18 +189,24 @@ class ClipBackbone:
         std = torch.tensor(OPENAI_STD).view(3, 1, 1)
         return (pixels - mean) / std
 
-    def encode_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """``[B, 3, S, S]`` -> one float32 ``[B, g*g, C]`` tensor per tapped stage."""
+    def encode_images(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``[B, 3, S, S]`` -> (one float32 ``[B, g*g, C]`` per tapped stage, the float32
+        ``[B, D]`` global image embedding: ``ln_post`` of the class token, projected).
+
+        One forward pass gives both; the global embedding is the image-level score's input
+        (``eval.image_score: clip_global``).
+        """
         indices = [s - 1 for s in self.cfg.stages]
         with torch.no_grad(), self._autocast():
             out = self.model.visual.forward_intermediates(
-                images.to(self.device),
-                indices=indices,
-                stop_early=True,
-                intermediates_only=True,
-                output_fmt="NLC",
+                images.to(self.device), indices=indices, output_fmt="NLC"
             )
-        return [t.float() for t in out["image_intermediates"]]
+        stages = [t.float() for t in out["image_intermediates"]]
+        return stages, out["image_features"].float()
+
+    def encode_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``[B, 3, S, S]`` -> one float32 ``[B, g*g, C]`` tensor per tapped stage."""
+        return self.encode_images(images)[0]
 
     def image_tokens(self, image_rgb: np.ndarray) -> list[torch.Tensor]:
         """One image -> one ``[g*g, C]`` tensor per stage (convenience for predictors)."""
@@ -228,7 +251,7 @@ def _build_model(cfg: ClipConfig, device: torch.device) -> torch.nn.Module:
     """open_clip's factory, with the weights source decided by ``cfg.pretrained``."""
     common = {
         "force_image_size": cfg.image_size,
-        "force_quick_gelu": uses_quick_gelu(cfg),
+        "quick_gelu": uses_quick_gelu(cfg),  # exact, either way (a model-config override)
         "device": device,
         "precision": "fp32",
     }
@@ -244,9 +267,12 @@ def _build_model(cfg: ClipConfig, device: torch.device) -> torch.nn.Module:
     tag_cfg = pretrained_tag_config(cfg)
     if tag_cfg is not None:
         try:
-            return open_clip.create_model(
-                cfg.model_name, pretrained=cfg.pretrained, require_pretrained=True, **common
-            )
+            with warnings.catch_warnings():
+                # The activation is chosen on purpose (clip.activation): not a mismatch.
+                warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+                return open_clip.create_model(
+                    cfg.model_name, pretrained=cfg.pretrained, require_pretrained=True, **common
+                )
         except Exception as err:  # any hub/download failure -> one clear sentence
             raise RuntimeError(_tag_failure_message(cfg, tag_cfg, err)) from err
     path = resolve_checkpoint("clip", cfg.pretrained)

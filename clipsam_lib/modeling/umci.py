@@ -10,8 +10,8 @@ g x g grid and L = [L_normal, L_anomalous] the class's text features:
   S[h, w] = Z_row[h] + Z_col[w].
 - Scale path (two kernels, fused first): P = sum_k upsample(Attn(AvgPool_k(X), L, L)).
 - Fusion: F = X + S + P (residual switch; optional LayerNorm before the paths or after the
-  sum), per-patch logits = logit_scale * cos(F, L_c), bilinear upsampling to S x S,
-  softmax over {normal, anomalous} -> stage map M_i.
+  sum), per-patch logits = logit_scale * cos(F, L_c), bilinear upsampling to S x S
+  (``align_corners`` switch; APRIL-GAN: True), softmax over {normal, anomalous} -> M_i.
 - Rough map: mean over stages of M_i[anomalous] (in [0, 1]), or the peer's sum.
 
 ``enabled=False`` is the APRIL-GAN linear-projection baseline (F = X). Every choice the
@@ -146,6 +146,18 @@ class StageInteraction(nn.Module):
         return self.norm(fused) if self.norm_mode == "post" else fused
 
 
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bilinear upsampling of ``[B, 2, g, g]`` stage logits to ``size``, before the softmax.
+
+    ``align_corners=True`` (APRIL-GAN) puts the corner cells' centres on the image corners;
+    False uses half-pixel centres. Maps and the training loss both call this, so a model is
+    trained under the convention it is evaluated with (``umci.align_corners``).
+    """
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+
+
 class UMCI(nn.Module):
     """All stages: projection (1024 -> 768 for ViT-L), interaction, cosine logits, maps."""
 
@@ -181,9 +193,7 @@ class UMCI(nn.Module):
             stage_logits = self._stage_logits(i, tokens.float(), text)
             logits.append(stage_logits)
             size = out_size or stage_logits.shape[-1]
-            upsampled = F.interpolate(
-                stage_logits, size=(size, size), mode="bilinear", align_corners=False
-            )
+            upsampled = upsample_logits(stage_logits, (size, size), self.cfg.align_corners)
             maps.append(upsampled.softmax(dim=1))
         anomalous = torch.stack([m[:, 1] for m in maps])
         rough = anomalous.mean(0) if self.cfg.stage_combination == "mean" else anomalous.sum(0)

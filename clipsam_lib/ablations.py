@@ -65,6 +65,28 @@ TABLES: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
         "MMR fusion of SAM's masks with the rough map: A (default), B, C",
         {f"fusion {f}": {"mmr.fusion": f} for f in ("A", "B", "C")},
     ),
+    # Not in the paper: the APRIL-GAN baseline row under each of its code's conventions
+    # (method.md section 5) and the other reading of each, one switch at a time.
+    "ablation_peer_conventions": (
+        "APRIL-GAN baseline (no UMCI, no MMR): the profile's conventions, one switch per row",
+        {
+            label: {"umci.enabled": False, "mmr.enabled": False, **overrides}
+            for label, overrides in {
+                "profile's conventions": {},
+                "logits upsampled with half-pixel centres": {"umci.align_corners": False},
+                "logits upsampled with aligned corners": {"umci.align_corners": True},
+                "CLIP activation QuickGELU": {"clip.activation": "quick_gelu"},
+                "CLIP activation exact GELU": {"clip.activation": "gelu"},
+                "masks: stored values": {"eval.mask_binarization": "raw"},
+                "masks: luminance (convert L)": {"eval.mask_binarization": "luminance"},
+                "image score: map maximum": {"eval.image_score": "map_max"},
+                "image score: CLIP global": {"eval.image_score": "clip_global"},
+                "image score: CLIP global + map max": {
+                    "eval.image_score": "clip_global+map_max"
+                },
+            }.items()
+        },
+    ),
 }
 
 METRICS = ("pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_pro_linear200",
@@ -73,6 +95,10 @@ PERCENT = {
     "pixel_auroc": "P-AUROC (%)", "pixel_f1_max": "F1-max (%)", "pixel_ap": "AP (%)",
     "pixel_pro_linear200": "PRO linear200 (%)", "pixel_pro_mvtec": "PRO mvtec (%)",
 }
+# Image level, under the row's eval.image_score (named in the "image_score" column).
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
+IMAGE_PERCENT = {"image_auroc": "I-AUROC (%)", "image_ap": "I-AP (%)",
+                 "image_f1_max": "I-F1-max (%)"}
 
 
 def ensure_data(profile: ProfileConfig) -> None:
@@ -171,8 +197,10 @@ def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
             "dataset": run.test_dataset,
             "n_images": int(run.mean["n_images"]),
         }
-        row.update({m: float(run.mean[m]) for m in METRICS})
+        row.update({m: float(run.mean[m]) for m in (*METRICS, *IMAGE_METRICS)})
         row.update({PERCENT[m]: 100.0 * float(run.mean[m]) for m in METRICS})
+        row.update({IMAGE_PERCENT[m]: 100.0 * float(run.mean[m]) for m in IMAGE_METRICS})
+        row["image_score"] = run.profile.eval.image_score
         refined = [run.maps.regions(rec) for rec in run.records]
         row["images_refined"] = f"{sum(r > 0 for r in refined)}/{len(refined)}"
         row["regions_per_image"] = float(np.mean(refined)) if refined else 0.0
@@ -225,7 +253,8 @@ def ablation_table(
     base = base or {}
     table = variant_rows(profile, variants, directions, progress, base)
     if write:
-        shown = ["variant", "train", "dataset", *PERCENT.values(), "images_refined"]
+        shown = ["variant", "train", "dataset", *PERCENT.values(), "I-AUROC (%)",
+                 "image_score", "images_refined"]
         on = f"; every row with {base}" if base else ""
         write_table(
             table, paths.results_subdir(profile, "tables") / name,

@@ -149,6 +149,7 @@ def bar_plot(profile: ProfileConfig, summary: pd.DataFrame) -> Path:
     """Our rows beside the published ClipSAM numbers, one panel per metric."""
     long = comparison_long(summary)
     keep = long["method"].isin([*summary["label"].unique(), "ClipSAM"])
+    keep &= long["metric"].isin(list(SHORT_METRIC))  # pixel metrics: the published ones
     data = long[keep].dropna(subset=["value"]).copy()
     data.loc[data["status"] != "this run", "method"] = "ClipSAM (published)"
     data["metric"] = data["metric"].map(SHORT_METRIC)

@@ -22,6 +22,13 @@ METRICS = {
     "pixel_ap": "AP",
     "pixel_pro": "PRO",
 }
+# Image-level columns: this run's rows only (the published rows report none), under the
+# row's ``eval.image_score``, which the wide table names in its "image score" column.
+IMAGE_METRICS = {
+    "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1_max": "I-F1-max",
+}
 # Dataset layout -> the name the published tables use.
 PUBLISHED_DATASET = {"mvtec": "MVTec-AD", "visa": "VisA", "mtd": "MTD", "ksdd2": "KSDD2"}
 # Protocols of the published rows, as their papers state them.
@@ -75,8 +82,9 @@ def comparison_long(ours: pd.DataFrame, pro_column: str = "pixel_pro_linear200")
                 "protocol": PUBLISHED_PROTOCOL.get(record.method, "as published"),
                 "source": record.source,
             })
+    image_metrics = [m for m in IMAGE_METRICS if m in ours.columns]
     for row in ours.to_dict("records"):
-        for metric in METRICS:
+        for metric in [*METRICS, *image_metrics]:
             source_column = pro_column if metric == "pixel_pro" else metric
             rows.append({
                 "method": row["label"],
@@ -86,6 +94,7 @@ def comparison_long(ours: pd.DataFrame, pro_column: str = "pixel_pro_linear200")
                 "status": "this run", "protocol": f"{row['protocol']} ({pro_column})",
                 "source": f"{row['weights']}; commit {row['git_commit']}",
                 "note": row.get("note") if isinstance(row.get("note"), str) else "",
+                "image_score": row.get("image_score", "") if metric in IMAGE_METRICS else "",
                 **{k: row[k] for k in PROVENANCE if k in row},
             })
     return pd.DataFrame(rows)
@@ -96,16 +105,20 @@ def comparison_wide(long: pd.DataFrame) -> pd.DataFrame:
     unchecked published cells; '–' where a paper reports nothing."""
     datasets = list(dict.fromkeys(long["table_dataset"]))
     methods = list(dict.fromkeys(long["method"]))
+    shown = {**METRICS, **{m: s for m, s in IMAGE_METRICS.items() if (long["metric"] == m).any()}}
     table = []
     for method in methods:
         mine = long[long["method"] == method]
         out = {"method": method}
         for dataset in datasets:
-            for metric, short in METRICS.items():
+            for metric, short in shown.items():
                 hit = mine[(mine["table_dataset"] == dataset) & (mine["metric"] == metric)]
                 out[f"{dataset} {short}"] = (
                     _cell(hit["value"].iloc[0], hit["status"].iloc[0]) if len(hit) else "–"
                 )
+        if "image_score" in mine:
+            scores = [s for s in dict.fromkeys(mine["image_score"].fillna("")) if s]
+            out["image score"] = "; ".join(scores) or "–"
         out["status"] = "; ".join(dict.fromkeys(mine["status"]))
         out["protocol"] = "; ".join(dict.fromkeys(mine["protocol"]))
         table.append(out)
@@ -113,12 +126,15 @@ def comparison_wide(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_category(evaluation: pd.DataFrame) -> pd.DataFrame:
-    """Per-class rows plus the macro mean, metrics in percent, both PRO variants."""
+    """Per-class rows plus the macro mean, metrics in percent, both PRO variants, and the
+    image-level metrics with the image score they were computed from."""
     columns = ["pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_pro_linear200",
-               "pixel_pro_mvtec", "image_auroc"]
+               "pixel_pro_mvtec", *IMAGE_METRICS]
     present = [c for c in columns if c in evaluation.columns]
     table = evaluation[["dataset", "cls_name", *present]].copy()
     table[present] = 100.0 * table[present]
+    if "image_score" in evaluation.columns:
+        table["image_score"] = evaluation["image_score"]
     if "note" in evaluation.columns:
         table["note"] = evaluation["note"].fillna("")
     return table.reset_index(drop=True)

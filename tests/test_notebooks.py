@@ -24,20 +24,23 @@ pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 PROVENANCE = ["profile", "config_hash", "git_commit", "weights", "dataset_index_hash",
               "protocol", "date"]
 PIXEL = ["pixel_auroc", "pixel_f1_max", "pixel_ap", "pixel_pro_linear200", "pixel_pro_mvtec"]
+IMAGE = ["image_auroc", "image_ap", "image_f1_max", "image_score"]
 
 # table stem -> columns its CSV must have (every one also has csv, md and tex files)
 TABLES: dict[str, list[str]] = {
     "data_counts": ["dataset", "class", "train", "test normal", "test anomalous"],
     "umci_rough_maps": ["train", "dataset", "model", "cls_name", "pixel_auroc", "note",
                         *PROVENANCE],
-    **{f"ablation_{name}": ["variant", "train", "dataset", *PIXEL, "note", *PROVENANCE]
-       for name in ("modules", "umci_paths", "prompts", "mask_levels", "fusion")},
+    **{f"ablation_{name}": ["variant", "train", "dataset", *PIXEL, *IMAGE, "note", *PROVENANCE]
+       for name in ("modules", "umci_paths", "prompts", "mask_levels", "fusion",
+                    "peer_conventions")},
     **{f"hp_{name}": ["variant", "train", "dataset", *PIXEL, "note", *PROVENANCE]
        for name in ("hidden_dim", "kernels", "threshold")},
-    **{f"final_{part}_pro_{pro}": ["method", "status", "protocol"]  # '–' = not reported
+    **{f"final_{part}_pro_{pro}": ["method", "status", "protocol", "image score"]  # '–': none
        for part in ("main", "generalization") for pro in ("linear200", "mvtec")},
     **{f"final_{part}_pro_{pro}_long": ["method", "status", "protocol", "metric", "value",
-                                       "source", "note", "config_hash", "git_commit"]
+                                       "source", "note", "image_score", "config_hash",
+                                       "git_commit"]
        for part in ("main", "generalization") for pro in ("linear200", "mvtec")},
     "final_protocols": ["dataset", "protocol", "resolution", *PIXEL, "note"],
 }

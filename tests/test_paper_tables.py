@@ -67,3 +67,16 @@ def test_per_category_in_percent():
     table = per_category(evaluation)
     assert table["pixel_auroc"].tolist() == [50.0, 100.0]
     assert table["note"].tolist() == ["", "no anomalous region"]
+
+
+def test_image_columns_are_ours_only_and_name_the_image_score():
+    ours = _ours().assign(image_auroc=0.7, image_ap=0.6, image_f1_max=0.5,
+                          image_score="clip_global")
+    wide = comparison_wide(comparison_long(ours)).set_index("method")
+    assert wide.loc["ClipSAM (this run)", "MVTec-AD I-AUROC"] == "70.0"
+    assert wide.loc["ClipSAM (this run)", "image score"] == "clip_global"
+    assert wide.loc["ClipSAM", "MVTec-AD I-AUROC"] == "–"  # the published rows have none
+    assert wide.loc["ClipSAM", "image score"] == "–"
+    long = comparison_long(ours)
+    image_rows = long[long["metric"].str.startswith("image_")]
+    assert len(image_rows) == 3 and (image_rows["image_score"] == "clip_global").all()

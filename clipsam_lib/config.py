@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,58 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile value (or file) the user can fix: one sentence naming the key and the fix."""
+
+
+# Every enumerated setting: dotted key -> allowed values (the modules read these too).
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "cache_dtype": ("fp16", "bf16", "fp32"),
+    "synthetic_scale": ("small", "paper"),
+    "clip.dtype": ("fp32", "bf16"),
+    "clip.activation": ("peer", "as_trained", "quick_gelu", "gelu"),
+    "sam.model_type": ("vit_h", "vit_l", "vit_b", "tiny"),
+    "sam.dtype": ("fp32", "bf16"),
+    "umci.pooling": ("mean", "max"),
+    "umci.norm": ("none", "pre", "post"),
+    "umci.stage_combination": ("mean", "sum"),
+    "mmr.threshold_mode": ("absolute", "relative"),
+    "mmr.prompt_mode": ("point", "box", "point+box"),
+    "mmr.fusion": ("A", "B", "C"),
+    "mmr.mask_levels": (1, 2, 3),
+    "mmr.decoder_batching": ("auto", "batched", "per_prompt"),
+    "eval.protocol": ("peer", "mvtec"),
+    "eval.pro_variant": ("linear200", "mvtec"),
+    "eval.mask_binarization": ("raw", "luminance"),
+    "eval.image_score": ("clip_global", "map_max", "clip_global+map_max"),
+    "datasets.layout": ("mvtec", "visa", "mtd", "ksdd2"),
+    "datasets.split": ("test", "train"),
+}
+# Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive, wording).
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "clip.image_size": (1, float("inf"), True, True),
+    "umci.hidden_dim": (1, float("inf"), True, True),
+    "umci.heads": (1, float("inf"), True, True),
+    "umci.logit_scale": (0, float("inf"), False, True),
+    # theta >= 1 leaves no region (M_c <= 1): MMR would be silently off.
+    "mmr.threshold": (0, 1, True, False),
+    "mmr.min_area": (0, float("inf"), True, True),
+    "mmr.box_margin": (0, float("inf"), True, True),
+    "mmr.fusion_lambda": (0, 1, True, True),
+    "mmr.max_regions": (1, float("inf"), True, True),
+    "train.lr": (0, float("inf"), False, True),
+    "train.batch_size": (1, float("inf"), True, True),
+    "train.mosaic_rate": (0, 1, True, True),
+    "train.focal_gamma": (0, float("inf"), True, True),
+    "train.max_images_per_class": (1, float("inf"), True, True),
+    "eval.sigma": (0, float("inf"), True, True),
+    "eval.fpr_limit": (0, 1, False, True),
+    "eval.mask_threshold": (0, float("inf"), True, True),
+    "eval.max_images_per_class": (1, float("inf"), True, True),
+}
 
 
 @dataclass
@@ -215,7 +269,11 @@ class ProfileConfig:
 
     def replace(self, **overrides: Any) -> ProfileConfig:
         """A copy with dotted overrides, e.g. ``replace(**{"umci.hidden_dim": 512})``."""
-        return from_dict(_apply_dotted(self.to_dict(), overrides))
+        try:
+            data = _apply_dotted(self.to_dict(), overrides)
+        except KeyError as err:
+            raise ConfigError(f"profile {self.name} override: {err.args[0]}") from None
+        return from_dict(data, source=f"profile {self.name} with {overrides}")
 
 
 def _to_plain(value: Any) -> Any:
@@ -233,21 +291,32 @@ def _apply_dotted(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
         *parents, leaf = dotted.split(".")
         for key in parents:
             if key not in node or not isinstance(node[key], dict):
-                raise KeyError(f"Unknown config section {key!r} in override {dotted!r}.")
+                raise KeyError(f"unknown config section {key!r} in override {dotted!r}.")
             node = node[key]
         if leaf not in node:
-            raise KeyError(f"Unknown config field {dotted!r}.")
+            raise KeyError(f"unknown config field {dotted!r}.")
         node[leaf] = value
     return out
 
 
-def _build(cls: type, data: dict[str, Any] | None) -> Any:
-    """Build a dataclass from a (possibly partial) dict, rejecting unknown keys."""
+def _build(cls: type, data: dict[str, Any] | None, strict: bool = False) -> Any:
+    """Build a dataclass from a (possibly partial) dict, rejecting unknown keys.
+
+    ``strict``: the fields without a default must be given (datasets, directions).
+    """
+    if data is not None and not isinstance(data, dict):
+        raise KeyError(f"the {cls.__name__} entry {data!r} is not a mapping of fields.")
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise KeyError(f"Unknown {cls.__name__} field(s): {sorted(unknown)}.")
+        raise KeyError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; the fields are "
+                       f"{', '.join(fields)}.")
+    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data] if strict else []
+    if missing:
+        raise KeyError(f"the {cls.__name__} entry {data!r} lacks {', '.join(missing)}.")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         default = getattr(cls(), name) if _has_defaults(cls) else None
@@ -264,25 +333,170 @@ def _has_defaults(cls: type) -> bool:
     )
 
 
-def from_dict(data: dict[str, Any]) -> ProfileConfig:
+SECTIONS = {
+    "clip": ClipConfig,
+    "sam": SamConfig,
+    "umci": UMCIConfig,
+    "mmr": MMRConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def from_dict(data: dict[str, Any], source: str = "profile") -> ProfileConfig:
+    """Build and validate a profile; ``source`` (a file, "override") names it in errors."""
     data = dict(data)
-    sections = {
-        "clip": ClipConfig,
-        "sam": SamConfig,
-        "umci": UMCIConfig,
-        "mmr": MMRConfig,
-        "train": TrainConfig,
-        "eval": EvalConfig,
-    }
-    kwargs: dict[str, Any] = {k: _build(c, data.pop(k, None)) for k, c in sections.items()}
-    kwargs["datasets"] = [DatasetSpec(**d) for d in data.pop("datasets", [])]
-    kwargs["directions"] = [Direction(**d) for d in data.pop("directions", [])]
-    if "sweep_kernels" in data:
-        data["sweep_kernels"] = [tuple(k) for k in data["sweep_kernels"]]
-    profile = _build(ProfileConfig, data)
+    try:
+        kwargs: dict[str, Any] = {k: _build(c, data.pop(k, None)) for k, c in SECTIONS.items()}
+        kwargs["datasets"] = [_build(DatasetSpec, d, strict=True) for d in data.pop("datasets", [])]
+        kwargs["directions"] = [_build(Direction, d, strict=True)
+                                for d in data.pop("directions", [])]
+        if "sweep_kernels" in data:
+            data["sweep_kernels"] = [tuple(k) for k in data["sweep_kernels"]]
+        profile = _build(ProfileConfig, data)
+    except (KeyError, TypeError) as err:
+        message = err.args[0] if err.args else str(err)
+        raise ConfigError(f"{source}: {message}") from None
     for key, value in kwargs.items():
         setattr(profile, key, value)
+    problems = validate(profile)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return profile
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def validate(profile: ProfileConfig) -> list[str]:
+    """Every problem of a profile, one sentence each (key, bad value, what is allowed)."""
+    problems = _check_fields(profile, ProfileConfig, "")
+    for name, cls in SECTIONS.items():
+        problems += _check_fields(getattr(profile, name), cls, f"{name}.")
+    for i, spec in enumerate(profile.datasets):
+        problems += _check_fields(spec, DatasetSpec, "datasets.", f"datasets[{i}].")
+    for i, direction in enumerate(profile.directions):
+        problems += _check_fields(direction, Direction, "directions.", f"directions[{i}].")
+    return problems + _cross_checks(profile)
+
+
+def _check_fields(obj: Any, cls: type, key_prefix: str, shown_prefix: str | None = None
+                  ) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for f in dataclasses.fields(cls):
+        if f.name in SECTIONS or f.name in ("datasets", "directions"):
+            continue
+        key, shown = key_prefix + f.name, (shown_prefix or key_prefix) + f.name
+        value = getattr(obj, f.name)
+        if not _type_ok(value, hints[f.name]):
+            problems.append(f"{shown} = {value!r} must be {_describe(hints[f.name])}.")
+        elif key in CHOICES and value not in CHOICES[key]:
+            allowed = ", ".join(repr(c) for c in CHOICES[key])
+            problems.append(f"{shown} = {value!r} must be one of {allowed}.")
+        elif key in RANGES and value is not None and not _in_range(value, RANGES[key]):
+            problems.append(f"{shown} = {value!r} must be {_range_words(RANGES[key])}.")
+    return problems
+
+
+def _cross_checks(profile: ProfileConfig) -> list[str]:
+    problems = []
+    umci, mmr, train = profile.umci, profile.mmr, profile.train
+    if _positive_int(umci.hidden_dim) and _positive_int(umci.heads) and umci.hidden_dim % umci.heads:
+        problems.append(f"umci.hidden_dim = {umci.hidden_dim} is not divisible by umci.heads = "
+                        f"{umci.heads}; pick a multiple of the heads.")
+    if not (len(umci.kernels) == 2 and all(_positive_int(k) for k in umci.kernels)):
+        problems.append(f"umci.kernels = {list(umci.kernels)!r} is not two positive integers.")
+    if not (profile.clip.stages and all(_positive_int(s) for s in profile.clip.stages)):
+        problems.append(f"clip.stages = {list(profile.clip.stages)!r} is not a non-empty list of "
+                        "1-indexed block numbers.")
+    if not (len(train.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in train.betas)):
+        problems.append(f"train.betas = {list(train.betas)!r} is not two numbers in [0, 1).")
+    for layout, epochs in train.epochs.items():
+        if layout not in CHOICES["datasets.layout"] or not _positive_int(epochs):
+            problems.append(f"train.epochs[{layout!r}] = {epochs!r}: keys are layouts "
+                            f"({', '.join(CHOICES['datasets.layout'])}), values epochs >= 1.")
+    if mmr.mask_levels in CHOICES["mmr.mask_levels"] and len(mmr.level_weights) < mmr.mask_levels:
+        problems.append(f"mmr.level_weights = {list(mmr.level_weights)!r} has fewer weights than "
+                        f"mmr.mask_levels = {mmr.mask_levels}.")
+    names = [spec.name for spec in profile.datasets]
+    for name in {n for n in names if names.count(n) > 1}:
+        problems.append(f"datasets: the name {name!r} is used twice; give each dataset its own.")
+    for i, direction in enumerate(profile.directions):
+        for role, used in (("train", [direction.train]), ("test", direction.test),
+                           ("generalization", direction.generalization)):
+            for name in used:
+                if name not in names:
+                    problems.append(f"directions[{i}].{role} names dataset {name!r}, which is "
+                                    f"not in datasets ({', '.join(names) or 'none'}).")
+        layout = next((s.layout for s in profile.datasets if s.name == direction.train), None)
+        if layout is not None and layout not in train.epochs:
+            problems.append(f"train.epochs has no entry for layout {layout!r}, which "
+                            f"directions[{i}] trains on.")
+    return problems
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return _number(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_type_ok, value, args))
+        return all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items())
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             type(None): "null"}
+    if hint in words:
+        return words[hint]
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
+    return str(hint)
+
+
+def _in_range(value: float, bounds: tuple[float, float, bool, bool]) -> bool:
+    low, high, low_in, high_in = bounds
+    return (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+
+
+def _range_words(bounds: tuple[float, float, bool, bool]) -> str:
+    low, high, low_in, high_in = bounds
+    if high == float("inf"):
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
 def available_profiles() -> list[str]:
@@ -302,7 +516,18 @@ def load_profile(name_or_path: str | Path, **overrides: Any) -> ProfileConfig:
             f"Profile {str(name_or_path)!r} not found at {path}; "
             f"available profiles: {', '.join(available_profiles())}."
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"Profile {path} is not valid YAML{where} ({getattr(err, 'problem', err)}); fix "
+            "the file."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Profile {path} holds a {type(data).__name__}, not a mapping of "
+                          "sections (clip:, umci:, ...); fix the file.")
     data.setdefault("name", path.stem)
-    profile = from_dict(data)
+    profile = from_dict(data, source=str(path))
     return profile.replace(**overrides) if overrides else profile

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clipsam_lib.config import ProfileConfig, available_profiles, load_profile
+from clipsam_lib.config import ConfigError, ProfileConfig, available_profiles, load_profile
 
 
 def test_shipped_profiles_load():
@@ -45,7 +45,7 @@ def test_dotted_overrides_change_only_that_field_and_the_hash():
 
 
 def test_unknown_override_and_profile_raise_clear_errors():
-    with pytest.raises(KeyError, match="umci.hiden_dim"):
+    with pytest.raises(ConfigError, match="umci.hiden_dim"):
         load_profile("smoke", **{"umci.hiden_dim": 3})
     with pytest.raises(FileNotFoundError, match="available profiles"):
         load_profile("no-such-profile")
@@ -57,3 +57,56 @@ def test_round_trip_through_dict():
 
     assert from_dict(profile.to_dict()) == profile
     assert isinstance(ProfileConfig().clip.stages, tuple)
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("mmr.threshold", 1.5, "mmr.threshold = 1.5 must be in [0, 1)"),
+    ("mmr.threshold", -0.2, "mmr.threshold = -0.2 must be in [0, 1)"),
+    ("umci.hidden_dim", 0, "umci.hidden_dim = 0 must be >= 1"),
+    ("umci.hidden_dim", -1, "umci.hidden_dim = -1 must be >= 1"),
+    ("umci.hidden_dim", 100, "not divisible by umci.heads = 8"),
+    ("umci.enabled", "no", "umci.enabled = 'no' must be true or false"),
+    ("mmr.fusion", "D", "mmr.fusion = 'D' must be one of 'A', 'B', 'C'"),
+    ("train.lr", "1e-3", "train.lr = '1e-3' must be a number"),
+    ("train.batch_size", 2.5, "train.batch_size = 2.5 must be an integer"),
+    ("eval.protocol", "loco", "eval.protocol = 'loco' must be one of 'peer', 'mvtec'"),
+    ("clip.activation", "swish", "clip.activation = 'swish' must be one of"),
+    ("mmr.mask_levels", 4, "mmr.mask_levels = 4 must be one of 1, 2, 3"),
+    ("train.epochs", {"visa": 0, "mvtec": 3}, "train.epochs['visa'] = 0"),
+    ("cache_dtype", "fp8", "cache_dtype = 'fp8' must be one of"),
+])
+def test_every_bad_value_is_one_line_naming_the_key_and_what_is_allowed(key, value, says):
+    with pytest.raises(ConfigError) as err:
+        load_profile("smoke", **{key: value})
+    message = str(err.value)
+    assert says in message and "\n" not in message
+
+
+def test_a_profile_file_with_bad_values_lists_each_problem_with_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("mmr:\n  fusion: D\n  threshold: 2\numci:\n  enabled: 'no'\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(str(path)) for line in lines)
+    assert any("mmr.fusion" in line for line in lines)
+
+
+def test_yaml_syntax_and_structure_errors_name_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("umci:\n  hidden_dim: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML at line \d+"):
+        load_profile(broken)
+    listy = tmp_path / "listy.yaml"
+    listy.write_text("- umci\n- mmr\n")
+    with pytest.raises(ConfigError, match="listy.yaml holds a list, not a mapping"):
+        load_profile(listy)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("umci: 5\n")
+    with pytest.raises(ConfigError, match="wrong.yaml: the UMCIConfig entry 5 is not a mapping"):
+        load_profile(wrong)
+    unknown_set = tmp_path / "unknown.yaml"
+    unknown_set.write_text("directions:\n  - {train: nowhere, test: [synth_mvtec]}\n"
+                           "datasets:\n  - {name: synth_mvtec, layout: mvtec, root: x}\n")
+    with pytest.raises(ConfigError, match="directions\\[0\\].train names dataset 'nowhere'"):
+        load_profile(unknown_set)

@@ -25,7 +25,8 @@ import pandas as pd
 
 from clipsam_lib import paths
 from clipsam_lib.config import Direction, ProfileConfig
-from clipsam_lib.provenance import dataset_index_hash, provenance_columns
+from clipsam_lib.provenance import provenance_columns
+from clipsam_lib.workspace import Workspace, as_workspace
 
 # Each table: its name, caption and {row label: overrides}. Everything not overridden is
 # the profile's default (UMCI on, MMR on with point+box prompts, 3 levels, fusion A).
@@ -139,6 +140,7 @@ class VariantRun:
     records: list[dict[str, Any]]
     per_class: pd.DataFrame
     mean: pd.Series
+    index_hash: str  # of the test dataset's index
 
 
 # Results of this process, by (variant config hash, direction, test dataset): variants
@@ -147,19 +149,25 @@ _RUNS: dict[tuple[str, str, str], VariantRun] = {}
 
 
 def run_variant(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     overrides: dict[str, Any],
     label: str,
     direction: Direction,
     progress: bool = False,
 ) -> list[VariantRun]:
-    """Train (or load) the variant's UMCI for a direction, write and evaluate its maps."""
+    """Fit (or load) the variant's UMCI for a direction, write (or find) and evaluate its maps.
+
+    Each stage reuses what exists: a finished UMCI run is loaded, maps already written
+    under their map key are read, so a variant that changes only ``eval.*`` evaluates
+    again without a UMCI forward or a SAM decoder call.
+    """
     from clipsam_lib.evaluate import evaluate_maps, macro_mean
     from clipsam_lib.features import clip_score_lookup
     from clipsam_lib.pipeline import run_dataset
-    from clipsam_lib.train import eval_records, train_umci
+    from clipsam_lib.train import train_umci
 
-    variant = profile.replace(**overrides) if overrides else profile
+    ws = as_workspace(workspace).variant(overrides)
+    variant = ws.profile
     runs = []
     trained = None
     for test in direction.test:
@@ -168,19 +176,27 @@ def run_variant(
             runs.append(_relabel(_RUNS[memo], label))
             continue
         if trained is None:
-            trained = train_umci(variant, direction.train, progress=progress)
-        records = eval_records(variant, test)
-        maps = run_dataset(variant, trained.checkpoint, test, records, progress=progress)
+            trained = train_umci(ws, direction.train, progress=progress)
+        records = ws.eval_records(test)
+        maps = run_dataset(ws, trained.checkpoint, test, records, progress=progress)
         per_class = evaluate_maps(
-            records, paths.dataset_root(variant, test), maps, variant.eval,
+            records, ws.dataset(test).root, maps, variant.eval,
             variant.clip.image_size, test,
             clip_scores=clip_score_lookup(variant, test, records),
         )
         mean = macro_mean(per_class).iloc[0]
         _RUNS[memo] = VariantRun(label, variant, direction.train, test, maps, records,
-                                 per_class, mean)
+                                 per_class, mean, ws.dataset(test).index_hash)
         runs.append(_RUNS[memo])
     return runs
+
+
+def _relative_to_results(profile: ProfileConfig, folder: Path) -> str:
+    """A map folder as committed tables name it: relative to ``results/<profile>/``."""
+    try:
+        return str(Path(folder).resolve().relative_to(paths.results_dir(profile).resolve()))
+    except ValueError:  # maps written elsewhere (an explicit out_dir)
+        return str(folder)
 
 
 def _relabel(run: VariantRun, label: str) -> VariantRun:
@@ -204,12 +220,12 @@ def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
         refined = [run.maps.regions(rec) for rec in run.records]
         row["images_refined"] = f"{sum(r > 0 for r in refined)}/{len(refined)}"
         row["regions_per_image"] = float(np.mean(refined)) if refined else 0.0
-        row["map_dir"] = str(run.maps.dir)
+        row["map_dir"] = _relative_to_results(run.profile, run.maps.dir)
         row["note"] = run.mean.get("note", "")
         row.update(provenance_columns(
             run.profile,
             protocol=run.profile.eval.protocol,
-            dataset_index_hash=dataset_index_hash(run.profile, run.test_dataset),
+            dataset_index_hash=run.index_hash,
             config_hash=run.profile.hash(),
         ))
         rows.append(row)
@@ -217,25 +233,25 @@ def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
 
 
 def variant_rows(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     variants: dict[str, dict[str, Any]],
     directions: Sequence[int | str] | None = None,
     progress: bool = False,
     base: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Metrics rows of every (direction, variant): ``{label: overrides}`` on top of ``base``."""
+    ws = as_workspace(workspace)
     runs = [
         run
-        for direction in select_directions(profile, directions)
+        for direction in select_directions(ws.profile, directions)
         for label, overrides in variants.items()
-        for run in run_variant(profile, {**(base or {}), **overrides}, label, direction,
-                               progress)
+        for run in run_variant(ws, {**(base or {}), **overrides}, label, direction, progress)
     ]
     return table_rows(runs)
 
 
 def ablation_table(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     name: str,
     directions: Sequence[int | str] | None = None,
     progress: bool = False,
@@ -249,9 +265,11 @@ def ablation_table(
     """
     from clipsam_lib.tables import write_table
 
+    ws = as_workspace(workspace)
+    profile = ws.profile
     caption, variants = TABLES[name]
     base = base or {}
-    table = variant_rows(profile, variants, directions, progress, base)
+    table = variant_rows(ws, variants, directions, progress, base)
     if write:
         shown = ["variant", "train", "dataset", *PERCENT.values(), "I-AUROC (%)",
                  "image_score", "images_refined"]
@@ -273,16 +291,17 @@ def provenance_note(profile: ProfileConfig) -> str:
 
 
 def all_tables(
-    profile: ProfileConfig, directions: Sequence[int | str] | None = None,
+    workspace: Workspace | ProfileConfig, directions: Sequence[int | str] | None = None,
     progress: bool = False, mmr_base: dict[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of ``TABLES``; ``mmr_base`` goes under the MMR tables' variants.
 
     Variants shared between tables (the defaults) are run once.
     """
+    ws = as_workspace(workspace)
     mmr_tables = ("ablation_prompts", "ablation_mask_levels", "ablation_fusion")
     return {
-        name: ablation_table(profile, name, directions, progress,
+        name: ablation_table(ws, name, directions, progress,
                              base=mmr_base if name in mmr_tables else None)
         for name in TABLES
     }
@@ -292,7 +311,7 @@ def all_tables(
 
 
 def figure_samples(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     direction: Direction | None = None,
     n: int = 4,
     overrides: dict[str, Any] | None = None,
@@ -304,15 +323,16 @@ def figure_samples(
     from clipsam_lib.data.io import read_image_rgb, read_mask
     from clipsam_lib.figures import FigureSample
     from clipsam_lib.pipeline import ClipSAMPredictor
-    from clipsam_lib.train import eval_records, train_umci
+    from clipsam_lib.train import train_umci
 
-    variant = profile.replace(**overrides) if overrides else profile
+    ws = as_workspace(workspace).variant(overrides)
+    variant = ws.profile
     direction = direction or variant.directions[0]
     test = direction.test[0]
-    trained = train_umci(variant, direction.train, progress=False)
-    predictor = ClipSAMPredictor(variant, trained.checkpoint)
-    root = paths.dataset_root(variant, test)
-    chosen = _spread_over_classes([r for r in eval_records(variant, test) if r["anomaly"]], n)
+    trained = train_umci(ws, direction.train, progress=False)
+    predictor = ClipSAMPredictor(ws, trained.checkpoint)
+    root = ws.dataset(test).root
+    chosen = _spread_over_classes([r for r in ws.eval_records(test) if r["anomaly"]], n)
     samples = []
     for rec in chosen:
         image = read_image_rgb(root / rec["img_path"])

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple[Any, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "cache_dtype": ("fp16", "bf16", "fp32"),
-    "synthetic_scale": ("small", "paper"),
+    "synthetic_scale": ("tiny", "small", "medium"),  # data.synthetic.SCALES
     "clip.dtype": ("fp32", "bf16"),
     "clip.activation": ("peer", "as_trained", "quick_gelu", "gelu"),
     "sam.model_type": ("vit_h", "vit_l", "vit_b", "tiny"),
@@ -68,6 +68,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.mosaic_rate": (0, 1, True, True),
     "train.focal_gamma": (0, float("inf"), True, True),
     "train.max_images_per_class": (1, float("inf"), True, True),
+    "train.token_memory_gb": (0, float("inf"), True, True),
     "eval.sigma": (0, float("inf"), True, True),
     "eval.fpr_limit": (0, 1, False, True),
     "eval.mask_threshold": (0, float("inf"), True, True),
@@ -172,6 +173,9 @@ class TrainConfig:
     mosaic_layouts: tuple[str, ...] = ("mvtec",)  # mosaic only when training on these
     focal_gamma: float = 2.0
     max_images_per_class: int | None = None  # subset for fast profiles
+    # RAM for the training tokens, kept in the cache's compact dtype (GiB); beyond it they
+    # are read from the cache when used. None: half of the memory available at the start.
+    token_memory_gb: float | None = None
 
 
 @dataclass

@@ -174,6 +174,11 @@ class ClipFeatureStore:
         return key
 
     # -- reading ---------------------------------------------------------------------------
+    def stored_tokens(self, image_key: str) -> torch.Tensor | None:
+        """``[n_stages, g*g, C]`` as stored (the compact cache dtype), or None."""
+        entry = self.cache.get(self.tokens_key(image_key))
+        return None if entry is None else entry["tokens"]
+
     def tokens_for_key(self, image_key: str) -> list[torch.Tensor] | None:
         """Float32 ``[g*g, C]`` per stage, or None when this image is not cached."""
         entry = self.cache.get(self.tokens_key(image_key))
@@ -317,7 +322,7 @@ def extract_clip_features(
     start = time.perf_counter()
     store = ClipFeatureStore(profile)
     root = paths.dataset_root(profile, dataset_name)
-    lazy = _LazyBackbone(profile, backbone)
+    lazy = _clip_source(profile, backbone)
     batch: list[tuple[str, np.ndarray]] = []
     computed = cached = 0
     for rec in tqdm(records, desc=f"CLIP {dataset_name}", disable=not progress, unit="img"):
@@ -357,7 +362,7 @@ def cache_clip_images(
 ) -> list[str]:
     """Cache the stage tokens of in-memory images (e.g. mosaics); returns their image keys."""
     store = ClipFeatureStore(profile)
-    lazy = _LazyBackbone(profile, backbone)
+    lazy = _clip_source(profile, backbone)
     keys = [image_hash(image) for image in images]
     todo = [(k, im) for k, im in zip(keys, images) if store.tokens_key(k) not in store.cache]
     todo = list(dict(todo).items())  # identical images once
@@ -366,19 +371,16 @@ def cache_clip_images(
     return keys
 
 
-class _LazyBackbone:
-    """Builds the ClipBackbone on first use only: a fully cached pass never loads CLIP."""
+def _clip_source(profile: ProfileConfig, backbone: Any) -> Any:
+    """``backbone`` (a ``ClipBackbone`` or a ``workspace.Lazy`` of one) as a Lazy; None: a
+    Lazy that builds the profile's CLIP on first use, so a fully cached pass never loads it."""
+    from clipsam_lib.workspace import Lazy
 
-    def __init__(self, profile: ProfileConfig, backbone: Any = None):
-        self.profile = profile
-        self.backbone = backbone
+    if backbone is not None:
+        return Lazy.of(backbone)
+    from clipsam_lib.modeling.clip_backbone import ClipBackbone
 
-    def get(self) -> Any:
-        if self.backbone is None:
-            from clipsam_lib.modeling.clip_backbone import ClipBackbone
-
-            self.backbone = ClipBackbone(self.profile.clip, self.profile.device)
-        return self.backbone
+    return Lazy(lambda: ClipBackbone(profile.clip, profile.device))
 
 
 def _encode_and_store(
@@ -392,8 +394,107 @@ def _encode_and_store(
     return len(batch)
 
 
-def _ensure_text(store: ClipFeatureStore, lazy: _LazyBackbone, class_names: list[str]) -> int:
+def _ensure_text(store: ClipFeatureStore, lazy: Any, class_names: list[str]) -> int:
     missing = [name for name in class_names if not store.has_text(name)]
     for name in missing:
         store.cache.put(store.text_key(name), {"text": lazy.get().text_features([name])[0]})
     return len(missing)
+
+
+# -- SAM: image embeddings ------------------------------------------------------------------
+# Entries of the SAM cache: SamEmbedding.to_tensors() per image, keyed by content hash and
+# SAM's input size, under the model key of ``sam_identity``.
+
+
+def sam_cache(profile: ProfileConfig) -> FeatureCache:
+    """The profile's SAM embedding cache (``<cache_dir>/sam/<model key>/``)."""
+    from clipsam_lib.modeling.sam_backbone import sam_identity
+
+    return FeatureCache(paths.cache_dir(profile) / "sam", sam_identity(profile.sam),
+                        profile.cache_dtype)
+
+
+def embedding_key(cache: FeatureCache, image_rgb: np.ndarray | str) -> str:
+    """Cache key of an image's embedding (image content + SAM input size).
+
+    ``image_rgb`` is the image or its ``image_hash`` (e.g. from the CLIP store's manifest,
+    which spares decoding the image again).
+    """
+    from clipsam_lib.modeling.sam_backbone import SAM_IMAGE_SIZE
+
+    content = image_rgb if isinstance(image_rgb, str) else image_hash(image_rgb)
+    return cache.key(content, kind="sam_embedding", image_size=SAM_IMAGE_SIZE)
+
+
+def cached_embedding(cache: FeatureCache, image_rgb: np.ndarray | str, backbone: Any = None):
+    """The ``SamEmbedding`` of an image (or image hash) from the cache.
+
+    A missing entry is computed and stored when a backbone (a ``SamBackbone`` or a
+    ``workspace.Lazy`` of one) and the image itself are given; otherwise it is a clear
+    error, and SAM is never built here.
+    """
+    from clipsam_lib.modeling.sam_backbone import SamEmbedding
+    from clipsam_lib.workspace import Lazy
+
+    key = embedding_key(cache, image_rgb)
+    tensors = cache.get(key)
+    if tensors is not None:
+        return SamEmbedding.from_tensors(tensors)
+    if backbone is None or isinstance(image_rgb, str):
+        raise KeyError(
+            f"No cached SAM embedding for this image in {cache.dir}; run "
+            "extract_sam_embeddings(profile, dataset_name, records) first."
+        )
+    cache.put(key, Lazy.of(backbone).get().embed(image_rgb).to_tensors())
+    # Read back what was stored, so a warm and a cold cache give the same numbers.
+    return SamEmbedding.from_tensors(cache.get(key))
+
+
+class SamEmbeddingReader:
+    """Reads cached SAM embeddings of a profile without ever building SAM.
+
+    Call it with an RGB image or its ``image_hash``.
+    """
+
+    def __init__(self, profile: ProfileConfig):
+        self.cache = sam_cache(profile)
+
+    def __call__(self, image_rgb: np.ndarray | str):
+        return cached_embedding(self.cache, image_rgb)
+
+    def has(self, image_rgb: np.ndarray | str) -> bool:
+        return embedding_key(self.cache, image_rgb) in self.cache
+
+
+def extract_sam_embeddings(
+    profile: ProfileConfig,
+    dataset_name: str,
+    records: list[dict[str, Any]],
+    progress: bool = True,
+    backbone: Any = None,
+) -> FeatureCache:
+    """Fill the SAM embedding cache for ``records`` of a dataset; skips cached images.
+
+    Cached images are recognised from the CLIP store's manifest (file size and mtime), so
+    a warm pass decodes no image. ``backbone``: a ``SamBackbone`` or a ``workspace.Lazy`` of
+    one (built only if an image is missing); None builds one from the profile if needed.
+    """
+    from clipsam_lib.modeling.sam_backbone import SamBackbone
+    from clipsam_lib.workspace import Lazy
+
+    cache = sam_cache(profile)
+    store = ClipFeatureStore(profile)
+    root = paths.dataset_root(profile, dataset_name)
+    lazy = Lazy.of(backbone) if backbone is not None else Lazy(
+        lambda: SamBackbone(profile.sam, device=profile.device))
+    for rec in tqdm(records, desc=f"SAM embeddings {dataset_name}", disable=not progress):
+        path = root / rec["img_path"]
+        known = store._known_hash(dataset_name, path, rec["img_path"])
+        if known is not None and embedding_key(cache, known) in cache:
+            continue
+        image = read_rgb(path)
+        store.remember(dataset_name, rec["img_path"], path, image_hash(image))
+        if embedding_key(cache, image) not in cache:
+            cached_embedding(cache, image, lazy)
+    store.save_manifest(dataset_name)
+    return cache

@@ -26,7 +26,7 @@ from clipsam_lib.io_utils import atomic_path
 from clipsam_lib.paper_tables import comparison_long, comparison_wide, per_category
 from clipsam_lib.provenance import is_random_init
 from clipsam_lib.tables import write_table
-from clipsam_lib.train import eval_records
+from clipsam_lib.workspace import Workspace, as_workspace
 
 PERCENT_COLUMNS = list(PERCENT.values())
 SHORT_METRIC = {"pixel_auroc": "pixel AUROC", "pixel_f1_max": "pixel F1-max",
@@ -44,13 +44,14 @@ def our_label(profile: ProfileConfig, method: str) -> str:
     return f"{method} (this run: {profile.name}, {weights})"
 
 
-def run_final(profile: ProfileConfig, progress: bool = False) -> list[Any]:
+def run_final(workspace: Workspace | ProfileConfig, progress: bool = False) -> list[Any]:
     """Every (method, direction, dataset) run of the final tables (reusing finished work)."""
+    ws = as_workspace(workspace)
     runs = []
-    for direction in profile.directions:
+    for direction in ws.profile.directions:
         everything = Direction(direction.train, direction.test + direction.generalization)
         for method, overrides in OUR_METHODS.items():
-            runs += run_variant(profile, overrides, our_label(profile, method), everything,
+            runs += run_variant(ws, overrides, our_label(ws.profile, method), everything,
                                 progress=progress)
     return runs
 
@@ -125,7 +126,7 @@ def write_protocol_comparison(profile: ProfileConfig, runs: list[Any]) -> pd.Dat
             if protocol == profile.eval.protocol:  # run_variant evaluated this one already
                 per_class = run.per_class
             else:
-                records = eval_records(profile, run.test_dataset)
+                records = run.records
                 per_class = evaluate_maps(
                     records, paths.dataset_root(profile, run.test_dataset), run.maps,
                     replace(profile.eval, protocol=protocol), profile.clip.image_size,
@@ -171,7 +172,7 @@ def export_for_mvtec_script(profile: ProfileConfig, runs: list[Any]) -> Path | N
         layout = profile.dataset(run.test_dataset).layout
         if run.label == our_label(profile, "ClipSAM") and layout == "mvtec":
             out = paths.results_subdir(profile, "maps") / f"mvtec_tiffs_{run.test_dataset}"
-            export_mvtec_tiffs(eval_records(profile, run.test_dataset), run.maps, out,
+            export_mvtec_tiffs(run.records, run.maps, out,
                                sigma=profile.eval.sigma, image_size=profile.clip.image_size)
             return out
     return None

@@ -18,6 +18,7 @@ from clipsam_lib import paths
 from clipsam_lib.ablations import provenance_note, variant_rows
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.tables import write_table
+from clipsam_lib.workspace import Workspace, as_workspace
 
 SHORT = {"pixel_auroc": "AUROC", "pixel_f1_max": "F1-max", "pixel_ap": "AP",
          "pixel_pro_linear200": "PRO-l200", "pixel_pro_mvtec": "PRO-mvtec"}
@@ -56,14 +57,16 @@ def paper_layout(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_table(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     name: str,
     directions: Sequence[int | str] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Run one sweep and write ``results/<profile>/tables/<name>.{csv,md,tex}``."""
+    ws = as_workspace(workspace)
+    profile = ws.profile
     caption, variants = sweeps(profile)[name]
-    rows = variant_rows(profile, variants, directions, progress)
+    rows = variant_rows(ws, variants, directions, progress)
     write_table(
         rows, paths.results_subdir(profile, "tables") / name,
         caption=f"{caption}: pixel metrics in % per test dataset ({profile.name} profile, "

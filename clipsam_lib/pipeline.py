@@ -7,9 +7,10 @@ Two entry points, both on the same per-image step (``final_map_of``):
   ``set_image`` (through the feature caches when enabled), then ``predict(class_name)``
   runs only UMCI and SAM's decoder.
 - :func:`run_dataset`: final maps for a list of records, one float16 ``.npy`` per image
-  at the original resolution, in a folder keyed by the variant's config hash and the
-  UMCI weights, so ablation variants never mix and an interrupted run resumes. Backbone
-  features come from the caches; per variant only UMCI and SAM's decoder run.
+  at the original resolution, in a folder keyed by exactly what determines a map
+  (:func:`map_key`), so ablation variants never mix, an interrupted run resumes and a
+  change of evaluation settings recomputes nothing. Backbone features come from the
+  caches; per variant only UMCI and SAM's decoder run.
 """
 
 from __future__ import annotations
@@ -27,20 +28,21 @@ from tqdm.auto import tqdm
 
 from clipsam_lib import paths
 from clipsam_lib.config import MMRConfig, ProfileConfig
-from clipsam_lib.features import ClipFeatureStore, cache_clip_images, image_hash
-from clipsam_lib.io_utils import atomic_path, write_json_atomic
-from clipsam_lib.modeling.mmr import MMRResult, Prompts, refine, resize_map
-from clipsam_lib.modeling.sam_backbone import (
-    SamBackbone,
-    SamEmbedding,
+from clipsam_lib.features import (
+    ClipFeatureStore,
     SamEmbeddingReader,
-    build_sam,
+    cache_clip_images,
     cached_embedding,
+    extract_clip_features,
     extract_sam_embeddings,
-    resolve_device,
+    image_hash,
     sam_cache,
 )
+from clipsam_lib.io_utils import atomic_path, write_json_atomic
+from clipsam_lib.modeling.mmr import MMRResult, Prompts, refine, resize_map
+from clipsam_lib.modeling.sam_backbone import SamBackbone, SamEmbedding
 from clipsam_lib.modeling.umci import UMCI
+from clipsam_lib.workspace import Workspace, as_workspace
 
 Record = dict[str, Any]
 
@@ -48,7 +50,7 @@ Record = dict[str, Any]
 # -- the shared per-image step -----------------------------------------------------------
 
 
-def _as_umci(umci: UMCI | str | Path, device: torch.device) -> UMCI:
+def _as_umci(umci: UMCI | str | Path, device: Any) -> UMCI:
     if isinstance(umci, (str, Path)):
         from clipsam_lib.train import load_umci
 
@@ -98,7 +100,9 @@ class ClipSAMPredictor:
     """ClipSAM for one image at a time: ``set_image`` once, then ``predict`` per class.
 
     Arguments:
-      profile: the configuration (backbones, UMCI switches, MMR switches, device).
+      workspace: the run's workspace (or a bare profile: a workspace of its own); its
+        profile gives the backbones, UMCI and MMR switches and the device, and its
+        backbones are shared with every other stage of the run.
       umci: a trained UMCI or the path of a ``train_umci`` checkpoint.
       use_cache: read/write backbone outputs through the profile's feature caches, so an
         image seen before (e.g. during extraction) never runs a backbone again.
@@ -107,31 +111,24 @@ class ClipSAMPredictor:
     SAM only for its decoder.
     """
 
-    def __init__(self, profile: ProfileConfig, umci: UMCI | str | Path, *,
+    def __init__(self, workspace: Workspace | ProfileConfig, umci: UMCI | str | Path, *,
                  use_cache: bool = True):
-        self.profile = profile
-        self.device = resolve_device(profile.device)
+        self.workspace = as_workspace(workspace)
+        self.profile = self.workspace.profile
+        self.device = self.workspace.device
         self.umci = _as_umci(umci, self.device)
         self.use_cache = use_cache
-        self.clip_store = ClipFeatureStore(profile) if use_cache else None
-        self._clip = None
-        self._sam: SamBackbone | None = None
+        self.clip_store = ClipFeatureStore(self.profile) if use_cache else None
         self.reset_image()
 
-    # -- lazily built backbones --------------------------------------------------------
+    # -- the workspace's backbones, built on first use ---------------------------------
     @property
     def clip(self) -> Any:
-        if self._clip is None:
-            from clipsam_lib.modeling.clip_backbone import ClipBackbone
-
-            self._clip = ClipBackbone(self.profile.clip, self.device)
-        return self._clip
+        return self.workspace.clip.get()
 
     @property
     def sam(self) -> SamBackbone:
-        if self._sam is None:
-            self._sam = SamBackbone(self.profile.sam, device=str(self.device))
-        return self._sam
+        return self.workspace.sam.get()
 
     # -- image ------------------------------------------------------------------------
     def reset_image(self) -> None:
@@ -157,7 +154,7 @@ class ClipSAMPredictor:
             return self.clip.image_tokens(image_rgb)
         tokens = self.clip_store.tokens_for_key(image_hash(image_rgb))
         if tokens is None:
-            (key,) = cache_clip_images(self.profile, [image_rgb], backbone=self.clip)
+            (key,) = cache_clip_images(self.profile, [image_rgb], backbone=self.workspace.clip)
             tokens = self.clip_store.tokens_for_key(key)
         return tokens
 
@@ -165,8 +162,7 @@ class ClipSAMPredictor:
         if not self.use_cache:
             return self.sam.embed(image_rgb)
         reader = SamEmbeddingReader(self.profile)
-        backbone = None if reader.has(image_rgb) else self.sam
-        return cached_embedding(reader.cache, image_rgb, backbone)
+        return cached_embedding(reader.cache, image_rgb, self.workspace.sam)
 
     def _text(self, class_name: str) -> torch.Tensor:
         store = self.clip_store
@@ -199,6 +195,36 @@ class ClipSAMPredictor:
         sam = self.sam.model if self.profile.mmr.enabled else None
         steps = final_map_of(rough, self.profile.mmr, self.original_size, sam, self.embedding)
         return ClipSAMPrediction(**vars(steps), class_name=class_name, rough_map=rough)
+
+
+# -- rough maps -----------------------------------------------------------------------------
+
+
+def rough_maps(
+    profile: ProfileConfig,
+    umci: UMCI,
+    dataset_name: str,
+    records: list[dict[str, Any]],
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """``{img_path: float32 S x S rough map}`` from cached tokens (no backbone)."""
+    store = ClipFeatureStore(profile)
+    side = profile.clip.image_size
+    texts = store.text(sorted({r["cls_name"] for r in records}))
+    text_of = dict(zip(sorted({r["cls_name"] for r in records}), texts))
+    device = next(umci.parameters()).device
+    umci.eval()
+    maps: dict[str, np.ndarray] = {}
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        per_image = [store.tokens(dataset_name, rec) for rec in chunk]
+        tokens = [torch.stack(stage).to(device) for stage in zip(*per_image)]
+        text = torch.stack([text_of[rec["cls_name"]] for rec in chunk]).to(device)
+        with torch.no_grad():
+            rough = umci(tokens, text, side).rough_map.cpu().numpy().astype(np.float32)
+        maps.update({rec["img_path"]: m for rec, m in zip(chunk, rough)})
+    store.save_manifest(dataset_name)
+    return maps
 
 
 # -- dataset runner ----------------------------------------------------------------------
@@ -261,8 +287,35 @@ def _save_map(path: Path, steps: MMRResult) -> None:
         np.save(handle, steps.final_map.astype(np.float16))
 
 
+def map_key(profile: ProfileConfig, umci: UMCI) -> str:
+    """Hash of exactly what determines a final map, nothing more.
+
+    CLIP's identity and resolution, how class names reach the prompts, the cache dtype
+    (tokens are read back from it), UMCI's module config and weights, the ``mmr`` section
+    and, with MMR on, SAM's identity. Evaluation settings, paths and sweep lists are not
+    in it: changing them never recomputes a map.
+    """
+    import dataclasses
+
+    from clipsam_lib.modeling import text_prompts
+    from clipsam_lib.modeling.clip_backbone import clip_identity
+    from clipsam_lib.modeling.sam_backbone import sam_identity
+
+    clip = profile.clip
+    blob = {
+        "clip": clip_identity(clip),
+        "prompts": [text_prompts.PROMPT_VERSION, clip.keep_underscore, clip.class_names],
+        "cache_dtype": profile.cache_dtype,
+        "umci": dataclasses.asdict(umci.cfg),
+        "umci_weights": umci_weights_hash(umci),
+        "mmr": dataclasses.asdict(profile.mmr),
+        "sam": sam_identity(profile.sam) if profile.mmr.enabled else None,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_dataset(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     umci: UMCI | str | Path,
     dataset_name: str,
     records: Sequence[Record],
@@ -271,39 +324,35 @@ def run_dataset(
     mmr_cfg: MMRConfig | None = None,
     progress: bool = True,
     chunk_size: int = 16,
-    sam: torch.nn.Module | None = None,
 ) -> MapSet:
     """Write the final map of every record; skip those already written (resume).
 
-    Maps go to ``<out_dir>/<dataset>/<config hash>-<UMCI hash>/<img_path>.npy``
-    (``out_dir`` defaults to ``results/<profile>/maps``), float16 at the original size,
-    each with a ``.json`` sidecar (MMR's regions, boxes, points, scores).
-    ``mmr_cfg`` replaces ``profile.mmr`` (an MMR ablation variant). Missing backbone
-    features are extracted into the caches first; ``sam`` may pass an already built SAM.
+    Maps go to ``<out_dir>/<dataset>/<map_key>/<img_path>.npy`` (``out_dir`` defaults to
+    ``results/<profile>/maps``), float16 at the original size, each with a ``.json``
+    sidecar (MMR's regions, boxes, points, scores). ``mmr_cfg`` replaces ``profile.mmr``
+    (an MMR ablation variant). Missing backbone features are extracted into the caches
+    first, by the workspace's backbones; SAM's decoder is the workspace's SAM.
     """
-    variant = variant_of(profile, mmr_cfg)
-    device = resolve_device(profile.device)
-    umci = _as_umci(umci, device)
-    variant_key = f"{variant.hash()}-{umci_weights_hash(umci)}"
+    ws = as_workspace(workspace)
+    profile = variant_of(ws.profile, mmr_cfg)
+    umci = _as_umci(umci, ws.device)
+    key = map_key(profile, umci)
     root = Path(out_dir) if out_dir is not None else paths.results_subdir(profile, "maps")
-    folder = root / dataset_name / variant_key
-    maps = MapSet(folder, variant_key, {rec["img_path"]: map_path(folder, rec)
-                                        for rec in records})
+    folder = root / dataset_name / key
+    maps = MapSet(folder, key, {rec["img_path"]: map_path(folder, rec) for rec in records})
     todo = [rec for rec in records if not maps.paths[rec["img_path"]].is_file()]
     if not todo:
         return maps
     write_json_atomic(folder / "variant.json", {
-        "dataset": dataset_name, "variant_key": variant_key, "config": variant.to_dict(),
+        "dataset": dataset_name, "variant_key": key, "config": profile.to_dict(),
     })
 
-    from clipsam_lib.features import extract_clip_features
-    from clipsam_lib.train import rough_maps
-
-    extract_clip_features(profile, dataset_name, todo, progress=progress)
+    extract_clip_features(profile, dataset_name, todo, backbone=ws.clip, progress=progress)
     store = ClipFeatureStore(profile)
-    if variant.mmr.enabled:
-        extract_sam_embeddings(profile, dataset_name, todo, progress=progress)
-        sam = sam if sam is not None else build_sam(profile.sam).to(device)
+    sam = cache = None
+    if profile.mmr.enabled:
+        extract_sam_embeddings(profile, dataset_name, todo, progress=progress, backbone=ws.sam)
+        sam = ws.sam.get().model  # only its prompt encoder and mask decoder run here
         cache = sam_cache(profile)
 
     bar = tqdm(total=len(todo), desc=f"maps {dataset_name}", disable=not progress)
@@ -313,9 +362,9 @@ def run_dataset(
         for rec in chunk:
             size = (int(rec["height"]), int(rec["width"]))
             embedding = None
-            if variant.mmr.enabled:
+            if profile.mmr.enabled:
                 embedding = cached_embedding(cache, store.image_key(dataset_name, rec))
-            steps = final_map_of(rough[rec["img_path"]], variant.mmr, size, sam, embedding)
+            steps = final_map_of(rough[rec["img_path"]], profile.mmr, size, sam, embedding)
             _save_map(maps.paths[rec["img_path"]], steps)
             maps.computed += 1
             bar.update()

@@ -43,13 +43,13 @@ from clipsam_lib.config import EvalConfig, ProfileConfig, UMCIConfig
 from clipsam_lib.features import (
     ClipFeatureStore,
     cache_clip_images,
-    clip_score_lookup,
     extract_clip_features,
     read_rgb,
 )
 from clipsam_lib.io_utils import atomic_path, write_json_atomic, write_text_atomic
-from clipsam_lib.modeling.clip_backbone import clip_dims, clip_identity, resolve_device
+from clipsam_lib.modeling.clip_backbone import clip_dims, clip_identity
 from clipsam_lib.modeling.umci import UMCI, build_umci, upsample_logits
+from clipsam_lib.workspace import Workspace, as_workspace
 
 PLAN_VERSION = 1  # bump when the plan or mosaic construction changes
 
@@ -111,55 +111,53 @@ class TrainingSet:
         return torch.from_numpy(bits.reshape(len(items), side, side))
 
 
-def _test_split(
-    profile: ProfileConfig, dataset_name: str, max_per_class: int | None
-) -> list[dict[str, Any]]:
-    """A dataset's test split: the profile's classes, at most ``max_per_class`` each."""
-    from clipsam_lib.data import load_or_build_index, records
-
-    spec = profile.dataset(dataset_name)
-    root = paths.dataset_root(profile, dataset_name)
-    index = load_or_build_index(
-        root, spec.layout, spec.split, mask_threshold=profile.eval.mask_threshold
-    )
-    return records(index, "test", spec.classes, max_per_class)
-
-
-def training_records(profile: ProfileConfig, train_dataset: str) -> list[dict[str, Any]]:
+def training_records(workspace: Workspace | ProfileConfig, train_dataset: str) -> list[dict]:
     """The auxiliary dataset's test split (all classes of the profile, optional subset)."""
-    return _test_split(profile, train_dataset, profile.train.max_images_per_class)
+    return as_workspace(workspace).train_records(train_dataset)
 
 
 def prepare_training_set(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     train_dataset: str,
     epochs: int | None = None,
     *,
     progress: bool = True,
+    mosaic_batch: int = 8,
 ) -> TrainingSet:
     """Cache everything training needs (tokens, texts, mosaics, masks); build the plan.
 
-    This is the only step that may run the CLIP backbone. Its output is reused when the
-    same data, seed, mosaic settings and number of epochs are asked for again.
+    This is the only step that may run the CLIP backbone, the workspace's one: images and
+    mosaics are encoded in batches of ``mosaic_batch``. Its output is reused when the same
+    data, seed, mosaic settings and number of epochs are asked for again.
     """
-    spec = profile.dataset(train_dataset)
+    ws = as_workspace(workspace)
+    profile = ws.profile
+    dataset = ws.dataset(train_dataset)
     tcfg = profile.train
-    epochs = epochs or tcfg.epochs[spec.layout]
-    recs = training_records(profile, train_dataset)
-    extract_clip_features(profile, train_dataset, recs, progress=progress)
+    epochs = epochs or tcfg.epochs[dataset.spec.layout]
+    recs = ws.train_records(train_dataset)
+    extract_clip_features(profile, train_dataset, recs, backbone=ws.clip, progress=progress)
     key = _data_key(profile, train_dataset, recs, epochs)
     folder = ClipFeatureStore(profile).cache.dir / "trainsets" / key
     if (folder / "plan.json").is_file() and (folder / "targets.npy").is_file():
         return _load_training_set(folder, profile.clip.image_size, key)
 
     store = ClipFeatureStore(profile)
-    root = paths.dataset_root(profile, train_dataset)
-    keys = [store.image_key(train_dataset, rec) for rec in recs]
+    root = dataset.root
+    keys: list[str | None] = [store.image_key(train_dataset, rec) for rec in recs]
     classes = [rec["cls_name"] for rec in recs]
     side = profile.clip.image_size
     targets = [_packed(_target_mask(root, rec, profile.eval), side) for rec in recs]
 
-    mosaic_on = spec.layout in tcfg.mosaic_layouts and tcfg.mosaic_rate > 0
+    pending: list[tuple[np.ndarray, int]] = []  # mosaics waiting for one batched encoding
+
+    def encode_pending() -> None:
+        new_keys = cache_clip_images(profile, [image for image, _ in pending], backbone=ws.clip)
+        for (_, item), new_key in zip(pending, new_keys):
+            keys[item] = new_key
+        pending.clear()
+
+    mosaic_on = dataset.spec.layout in tcfg.mosaic_layouts and tcfg.mosaic_rate > 0
     by_class: dict[str, list[int]] = {}
     for i, name in enumerate(classes):
         by_class.setdefault(name, []).append(i)
@@ -173,11 +171,16 @@ def prepare_training_set(
                 members = by_class[classes[order[position]]]
                 picks = [members[int(j)] for j in rng.integers(0, len(members), 4)]
                 image, mask = _mosaic(root, [recs[i] for i in picks], profile.eval)
-                keys.append(cache_clip_images(profile, [image])[0])
+                keys.append(None)  # filled in by encode_pending
                 classes.append(classes[order[position]])
                 targets.append(_packed(mask, side))
                 order[position] = len(keys) - 1
+                pending.append((image, len(keys) - 1))
+                if len(pending) == mosaic_batch:
+                    encode_pending()
         plan.append(order)
+    if pending:
+        encode_pending()
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "targets.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.stack(targets))
@@ -186,6 +189,7 @@ def prepare_training_set(
 
 
 def _data_key(profile: ProfileConfig, train_dataset: str, recs: list[dict], epochs: int) -> str:
+    """What determines the training set: records, seed, mosaics, masks, size, epochs."""
     tcfg = profile.train
     spec = profile.dataset(train_dataset)
     blob = {
@@ -248,8 +252,10 @@ def _mosaic(root: Path, recs: list[dict], eval_cfg: EvalConfig) -> tuple[np.ndar
 def init_umci(profile: ProfileConfig) -> UMCI:
     """A freshly initialised UMCI (seeded by ``train.seed``): the 'untrained' reference."""
     width, embed_dim = clip_dims(profile.clip)
+    # Parameters are initialised on the CPU: seed its generator alone (torch.manual_seed
+    # would also reseed every CUDA generator of the process).
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(profile.train.seed)
+        torch.default_generator.manual_seed(profile.train.seed)
         return build_umci(profile.umci, width, embed_dim, len(profile.clip.stages))
 
 
@@ -275,11 +281,14 @@ class TrainResult:
     resumed_from: int  # epochs already done when this call started
 
 
-def run_key(profile: ProfileConfig, train_dataset: str) -> str:
+def run_key(workspace: Workspace | ProfileConfig, train_dataset: str) -> str:
     """Hash of everything that changes the weights (the epoch count excepted)."""
+    ws = as_workspace(workspace)
+    profile = ws.profile
     train_cfg = dataclasses.asdict(profile.train)
-    train_cfg.pop("epochs")
-    recs = training_records(profile, train_dataset)
+    for not_weights in ("epochs", "token_memory_gb"):
+        train_cfg.pop(not_weights)
+    recs = ws.train_records(train_dataset)
     blob = {
         "clip": clip_identity(profile.clip),
         "umci": dataclasses.asdict(profile.umci),
@@ -289,15 +298,16 @@ def run_key(profile: ProfileConfig, train_dataset: str) -> str:
     return _short_hash(blob)
 
 
-def run_dir(profile: ProfileConfig, train_dataset: str) -> Path:
+def run_dir(workspace: Workspace | ProfileConfig, train_dataset: str) -> Path:
+    ws = as_workspace(workspace)
     return (
-        paths.results_subdir(profile, "checkpoints")
-        / f"{train_dataset}-{run_key(profile, train_dataset)}"
+        paths.results_subdir(ws.profile, "checkpoints")
+        / f"{train_dataset}-{run_key(ws, train_dataset)}"
     )
 
 
 def train_umci(
-    profile: ProfileConfig,
+    workspace: Workspace | ProfileConfig,
     train_dataset: str,
     *,
     epochs: int | None = None,
@@ -307,14 +317,16 @@ def train_umci(
 
     ``epochs`` defaults to ``profile.train.epochs[<layout of train_dataset>]``.
     """
+    ws = as_workspace(workspace)
+    profile = ws.profile
     epochs = epochs or profile.train.epochs[profile.dataset(train_dataset).layout]
-    folder = run_dir(profile, train_dataset)
+    folder = run_dir(ws, train_dataset)
     final = folder / "final.pt"
-    if final.is_file() and torch.load(final, weights_only=True)["epoch"] == epochs:
+    if final.is_file() and _saved_epoch(final) == epochs:
         return TrainResult(final, folder, _read_losses(folder, epochs), epochs, epochs)
 
-    data = prepare_training_set(profile, train_dataset, epochs, progress=progress)
-    device = resolve_device(profile.device)
+    data = prepare_training_set(ws, train_dataset, epochs, progress=progress)
+    device = ws.device
     umci = init_umci(profile).to(device).train()
     optimizer = torch.optim.Adam(
         umci.parameters(), lr=profile.train.lr, betas=tuple(profile.train.betas)
@@ -325,7 +337,7 @@ def train_umci(
     texts = {
         name: t for name, t in zip(sorted(set(data.classes)), store.text(sorted(set(data.classes))))
     }
-    reader = _TokenReader(store, data.keys)
+    reader = _TokenReader(store, data.keys, token_budget_bytes(profile.train))
     write_json_atomic(folder / "run.json", _run_record(profile, train_dataset, data))
 
     for epoch in range(done, epochs):
@@ -363,34 +375,52 @@ def _train_epoch(
     return rows
 
 
-class _TokenReader:
-    """Stage tokens of plan items from the cache, kept in memory while they fit."""
+def token_budget_bytes(train_cfg: Any) -> int:
+    """RAM for training tokens: ``train.token_memory_gb``, or half the available memory."""
+    if train_cfg.token_memory_gb is not None:
+        return int(train_cfg.token_memory_gb * 2**30)
+    import psutil
 
-    def __init__(self, store: ClipFeatureStore, keys: list[str], budget_bytes: int = 2 << 30):
+    return int(psutil.virtual_memory().available // 2)
+
+
+class _TokenReader:
+    """Stage tokens of plan items from the cache, kept in RAM in the cache's compact dtype
+    (fp16) while they fit in ``budget_bytes``; the rest is read from disk when used.
+
+    ``read_seconds`` adds up the time spent reading (the benchmark's I/O share).
+    """
+
+    def __init__(self, store: ClipFeatureStore, keys: list[str], budget_bytes: int):
         self.store = store
         self.keys = keys
         self.budget = budget_bytes
-        self.memory: dict[int, list[torch.Tensor]] = {}
+        self.memory: dict[int, torch.Tensor] = {}
         self.used = 0
+        self.read_seconds = 0.0
 
-    def item(self, i: int) -> list[torch.Tensor]:
+    def item(self, i: int) -> torch.Tensor:
+        """``[n_stages, g*g, C]`` in the storage dtype."""
         if i in self.memory:
             return self.memory[i]
-        tokens = self.store.tokens_for_key(self.keys[i])
+        start = time.perf_counter()
+        tokens = self.store.stored_tokens(self.keys[i])
+        self.read_seconds += time.perf_counter() - start
         if tokens is None:
             raise KeyError(
                 f"CLIP tokens of training item {i} (image {self.keys[i][:12]}) left the cache "
                 f"{self.store.cache.dir}; run train.prepare_training_set again."
             )
-        size = sum(t.numel() * t.element_size() for t in tokens)
+        size = tokens.numel() * tokens.element_size()
         if self.used + size <= self.budget:
             self.memory[i] = tokens
             self.used += size
         return tokens
 
     def batch(self, items: list[int]) -> list[torch.Tensor]:
-        per_item = [self.item(i) for i in items]
-        return [torch.stack(stage) for stage in zip(*per_item)]
+        """One float32 ``[B, g*g, C]`` tensor per stage."""
+        stacked = torch.stack([self.item(i) for i in items]).float()  # [B, n_stages, g*g, C]
+        return list(stacked.unbind(1))
 
 
 def _resume(folder: Path, umci: UMCI, optimizer: torch.optim.Optimizer, epochs: int) -> int:
@@ -414,10 +444,26 @@ def _save_epoch(folder, profile, umci, optimizer, epoch: int, losses: pd.DataFra
     _save_state(folder / "last.pt", profile, umci, optimizer, epoch)  # last: marks the epoch done
 
 
+def _saved_epoch(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def _to_cpu(value: Any) -> Any:
+    """Tensors (nested in dicts and lists, as in an optimizer state) moved to the CPU, so a
+    checkpoint written on a GPU loads anywhere."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
 def _save_state(path: Path, profile, umci: UMCI, optimizer, epoch: int) -> None:
     width, embed_dim = clip_dims(profile.clip)
     state = {
-        "umci": umci.state_dict(),
+        "umci": _to_cpu(umci.state_dict()),
         "umci_config": dataclasses.asdict(profile.umci),
         "clip_width": width,
         "embed_dim": embed_dim,
@@ -425,7 +471,7 @@ def _save_state(path: Path, profile, umci: UMCI, optimizer, epoch: int) -> None:
         "epoch": epoch,
     }
     if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
+        state["optimizer"] = _to_cpu(optimizer.state_dict())
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -455,168 +501,18 @@ def _short_hash(blob: Any) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-# -- rough maps and their metrics ------------------------------------------------------------
-def rough_maps(
-    profile: ProfileConfig,
-    umci: UMCI,
-    dataset_name: str,
-    records: list[dict[str, Any]],
-    batch_size: int = 16,
-) -> dict[str, np.ndarray]:
-    """``{img_path: float32 S x S rough map}`` from cached tokens (no backbone)."""
-    store = ClipFeatureStore(profile)
-    side = profile.clip.image_size
-    texts = store.text(sorted({r["cls_name"] for r in records}))
-    text_of = dict(zip(sorted({r["cls_name"] for r in records}), texts))
-    device = next(umci.parameters()).device
-    umci.eval()
-    maps: dict[str, np.ndarray] = {}
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        per_image = [store.tokens(dataset_name, rec) for rec in chunk]
-        tokens = [torch.stack(stage).to(device) for stage in zip(*per_image)]
-        text = torch.stack([text_of[rec["cls_name"]] for rec in chunk]).to(device)
-        with torch.no_grad():
-            rough = umci(tokens, text, side).rough_map.cpu().numpy().astype(np.float32)
-        maps.update({rec["img_path"]: m for rec, m in zip(chunk, rough)})
-    store.save_manifest(dataset_name)
-    return maps
-
-
-def eval_records(profile: ProfileConfig, dataset_name: str) -> list[dict[str, Any]]:
-    """The evaluation records of a dataset (test split, eval subset)."""
-    return _test_split(profile, dataset_name, profile.eval.max_images_per_class)
-
-
-def rough_map_metrics(
-    profile: ProfileConfig,
-    umci: UMCI,
-    dataset_name: str,
-    records: list[dict[str, Any]] | None = None,
-    extra_columns: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Per-class metrics of UMCI's rough maps through ``clipsam_lib.evaluate.evaluate_maps``.
-
-    ``records`` default to the dataset's evaluation records; their CLIP features are
-    extracted first if missing. Metrics are fractions, one row per class.
-    """
-    from clipsam_lib.evaluate import evaluate_maps
-
-    records = records if records is not None else eval_records(profile, dataset_name)
-    extract_clip_features(profile, dataset_name, records, progress=False)
-    maps = rough_maps(profile, umci, dataset_name, records)
-    return evaluate_maps(
-        records,
-        paths.dataset_root(profile, dataset_name),
-        lambda rec: maps[rec["img_path"]],
-        profile.eval,
-        profile.clip.image_size,
-        dataset_name,
-        clip_scores=clip_score_lookup(profile, dataset_name, records),
-        extra_columns=extra_columns,
-    )
-
-
-def profile_records(profile: ProfileConfig) -> dict[str, list[dict[str, Any]]]:
-    """Every record the profile's notebooks touch, per dataset: training sets (their test
-    split, training subset) and evaluation sets (eval subset), without duplicates."""
-    wanted: dict[str, dict[str, dict[str, Any]]] = {}
-    train_sets = {d.train for d in profile.directions}
-    for spec in profile.datasets:
-        chosen = wanted.setdefault(spec.name, {})
-        if spec.name in train_sets:
-            chosen.update((r["img_path"], r) for r in training_records(profile, spec.name))
-        chosen.update((r["img_path"], r) for r in eval_records(profile, spec.name))
-    return {name: list(recs.values()) for name, recs in wanted.items()}
-
-
-def extract_profile_features(profile: ProfileConfig, *, progress: bool = True) -> list[Any]:
-    """Fill the CLIP cache for every dataset of the profile; one ExtractionReport each."""
-    return [
-        extract_clip_features(profile, name, recs, progress=progress)
-        for name, recs in profile_records(profile).items()
-    ]
-
-
-def rough_map_comparison(profile: ProfileConfig, results: dict[str, TrainResult]) -> pd.DataFrame:
-    """Rough-map metrics, untrained vs trained UMCI, per direction, class and macro mean.
-
-    ``results`` maps each direction's training dataset to its ``TrainResult``; the
-    untrained model is ``init_umci`` (where training starts). Every row carries the
-    provenance columns. Metrics are fractions.
-    """
-    from clipsam_lib.evaluate import macro_mean
-    from clipsam_lib.provenance import dataset_index_hash, provenance_columns
-
-    frames = []
-    for direction in profile.directions:
-        result = results[direction.train]
-        models = {"untrained": init_umci(profile), "trained": load_umci(result.checkpoint)}
-        for test_set in direction.test:
-            index_key = dataset_index_hash(profile, test_set)
-            for label, umci in models.items():
-                extra = {
-                    "train": direction.train,
-                    "model": label,
-                    "epochs": result.epochs if label == "trained" else 0,
-                    "umci_run": result.run_dir.name,
-                    **provenance_columns(profile, dataset_index_hash=index_key),
-                }
-                per_class = rough_map_metrics(profile, umci, test_set, extra_columns=extra)
-                frames.append(pd.concat([per_class, macro_mean(per_class)], ignore_index=True))
-    return pd.concat(frames, ignore_index=True)
-
-
-# -- figures ----------------------------------------------------------------------------------
-def plot_loss_curves(
-    profile: ProfileConfig, runs: dict[str, pd.DataFrame], name: str = "umci_loss_curves"
-) -> Path:
-    """Seaborn line plot of per-step training loss, one line per run -> figures/<name>.png."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    frames = []
-    for label, losses in runs.items():
-        frame = losses.copy()
-        frame["run"] = label
-        frame["iteration"] = np.arange(len(frame))
-        frames.append(frame)
-    data = pd.concat(frames, ignore_index=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    sns.lineplot(data=data, x="iteration", y="loss", hue="run", ax=ax)
-    ax.set(
-        xlabel="training step",
-        ylabel="focal + dice, summed over stages",
-        title="UMCI training loss",
-    )
-    fig.tight_layout()
-    out = paths.results_subdir(profile, "figures") / f"{name}.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
-    return out
-
-
 __all__ = [
     "TrainResult",
     "TrainingSet",
     "dice_loss",
-    "eval_records",
-    "extract_profile_features",
     "focal_loss",
     "init_umci",
     "load_umci",
-    "plot_loss_curves",
     "prepare_training_set",
-    "profile_records",
-    "rough_map_comparison",
-    "rough_map_metrics",
-    "rough_maps",
     "run_dir",
     "run_key",
+    "token_budget_bytes",
     "train_umci",
+    "training_records",
     "umci_loss",
 ]

@@ -211,10 +211,10 @@ def test_clip_global_score_is_the_softmax_of_100_cos_of_the_image_embedding(tmp_
     """Reference: open_clip's own ``encode_image``/``encode_text`` on the same model."""
     from clipsam_lib import paths
     from clipsam_lib.features import clip_global_scores, extract_clip_features, read_rgb
-    from clipsam_lib.train import eval_records
+    from clipsam_lib.workspace import Workspace
 
     profile = tiny_profile(tmp_path, cache_dtype="fp32")
-    records = eval_records(profile, "src")[::5]
+    records = Workspace(profile).eval_records("src")[::5]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random init, said
         backbone = ClipBackbone(profile.clip)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from clipsam_lib import pipeline
+from clipsam_lib.modeling import BACKBONE_BUILDS
 from clipsam_lib.config import MMRConfig, load_profile
 from clipsam_lib.modeling import mmr
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
@@ -170,11 +171,11 @@ def test_variants_never_share_a_map_folder(toy):
 def test_run_dataset_without_mmr_never_touches_sam(toy, monkeypatch):
     profile, records, _ = toy
     profile = profile.replace(**{"mmr.enabled": False})
-    monkeypatch.setattr(pipeline, "build_sam", lambda cfg: pytest.fail("SAM was built"))
     monkeypatch.setattr(pipeline, "extract_sam_embeddings",
                         lambda *a, **k: pytest.fail("SAM embeddings were extracted"))
+    builds = BACKBONE_BUILDS["sam"]
     maps = run_dataset(profile, init_umci(profile), "toy", records,
                        Path(profile.results_dir) / "maps", progress=False)
-    assert maps.computed == 3
+    assert maps.computed == 3 and BACKBONE_BUILDS["sam"] == builds  # SAM never built
     rec = records[1]
     assert maps(rec).shape == (rec["height"], rec["width"])

@@ -9,15 +9,9 @@ from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from clipsam_lib.config import SamConfig, load_profile
-from clipsam_lib.features import FeatureCache
+from clipsam_lib.features import FeatureCache, SamEmbeddingReader, cached_embedding
 from clipsam_lib.modeling import sam_backbone
-from clipsam_lib.modeling.sam_backbone import (
-    SamBackbone,
-    SamEmbeddingReader,
-    build_sam,
-    cached_embedding,
-    sam_identity,
-)
+from clipsam_lib.modeling.sam_backbone import SamBackbone, build_sam, sam_identity
 
 TINY = SamConfig(model_type="tiny", checkpoint=None, seed=0)
 

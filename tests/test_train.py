@@ -12,6 +12,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from synthetic_defects import tiny_profile
 
+from clipsam_lib.pipeline import rough_maps
+from clipsam_lib.workspace import Workspace
 from clipsam_lib import paths, train
 from clipsam_lib.data.io import read_mask
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
@@ -52,7 +54,7 @@ def test_focal_loss_keeps_a_gradient_where_the_softmax_saturates():
 
 
 def test_same_seed_gives_identical_weights_after_one_epoch(tmp_path):
-    first = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1}})
+    first = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1, "visa": 1}})
     second = first.replace(results_dir=str(tmp_path / "results_again"))
     a = train.train_umci(first, "src", progress=False)
     b = train.train_umci(second, "src", progress=False)
@@ -82,8 +84,8 @@ def test_training_reads_only_the_cache(tmp_path, monkeypatch):
         "final.pt",
         "last.pt",
     ]
-    maps = train.rough_maps(
-        profile, train.load_umci(result.checkpoint), "src", train.eval_records(profile, "src")[:3]
+    maps = rough_maps(
+        profile, train.load_umci(result.checkpoint), "src", Workspace(profile).eval_records("src")[:3]
     )
     assert all(m.shape == (112, 112) and m.dtype == np.float32 for m in maps.values())
 
@@ -176,9 +178,9 @@ def test_mosaic_tiles_images_and_masks_in_reading_order(tmp_path):
 def pixel_auroc(profile, umci, dataset: str) -> float:
     """Reference metric: scikit-learn over all pixels at S x S."""
     side = profile.clip.image_size
-    recs = train.eval_records(profile, dataset)
+    recs = Workspace(profile).eval_records(dataset)
     train.extract_clip_features(profile, dataset, recs, progress=False)
-    maps = train.rough_maps(profile, umci, dataset, recs)
+    maps = rough_maps(profile, umci, dataset, recs)
     root = paths.dataset_root(profile, dataset)
     labels, scores = [], []
     for rec in recs:

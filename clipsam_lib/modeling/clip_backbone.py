@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsam_lib.config import CONFIG_DIR, ClipConfig
-from clipsam_lib.modeling import text_prompts
+from clipsam_lib.devices import resolve_device
+from clipsam_lib.modeling import BACKBONE_BUILDS, text_prompts
 from clipsam_lib.weights import (
     KNOWN_CHECKPOINTS,
     RANDOM_INIT,
@@ -45,15 +46,6 @@ OPENAI_STD = open_clip.OPENAI_DATASET_STD
 PREPROCESS_ID = "pil-bicubic-squash|openai-mean-std"
 DTYPES = ("fp32", "bf16")
 _TEXT_BATCH = 128
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def pretrained_tag_config(cfg: ClipConfig) -> dict[str, Any] | None:
@@ -155,6 +147,7 @@ class ClipBackbone:
         self.device = resolve_device(device)
         self.identity = clip_identity(cfg)  # validates dtype and model name first
         self.model = _build_model(cfg, self.device)
+        BACKBONE_BUILDS["clip"] += 1
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(cfg.model_name)
         visual = self.model.visual

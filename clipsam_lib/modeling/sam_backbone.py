@@ -2,9 +2,9 @@
 
 SAM's image encoder is the expensive half of the model and does not depend on the
 prompts, so ClipSAM computes one embedding per image (through ``SamPredictor``'s own
-preprocessing: RGB, ``ResizeLongestSide`` to 1024, pixel normalisation, padding) and
-keeps it in the :class:`~clipsam_lib.features.FeatureCache`. Everything after that
-(prompt encoder, mask decoder) is cheap and runs per MMR variant from the cache.
+preprocessing: RGB, ``ResizeLongestSide`` to 1024, pixel normalisation, padding), which
+``clipsam_lib.features`` keeps on disk. Everything after that (prompt encoder, mask
+decoder) is cheap and runs per MMR variant from the cache.
 
 Model sizes are data: ``vit_h``, ``vit_l`` and ``vit_b`` are segment-anything's own
 registry entries; ``tiny`` is the same ``_build_sam`` builder with a 2-block encoder, for
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,9 @@ from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.build_sam import _build_sam
 from segment_anything.modeling import Sam
 
-from clipsam_lib.config import ProfileConfig, SamConfig
-from clipsam_lib.features import FeatureCache, image_hash
+from clipsam_lib.config import SamConfig
+from clipsam_lib.devices import resolve_device
+from clipsam_lib.modeling import BACKBONE_BUILDS
 from clipsam_lib.weights import resolve_checkpoint, weights_identity
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def build_sam(cfg: SamConfig) -> Sam:
                 f"({type(err).__name__}); check that sam.model_type matches the file, or "
                 "re-download it."
             ) from err
+    BACKBONE_BUILDS["sam"] += 1
     sam.eval()
     sam.requires_grad_(False)
     return sam
@@ -121,13 +123,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def sam_identity(cfg: SamConfig) -> dict[str, Any]:
@@ -222,90 +217,3 @@ class SamBackbone:
         )
         self.predictor.reset_image()  # the embedding lives in the cache, not here
         return embedding
-
-
-# -- cache ------------------------------------------------------------------------------
-
-
-def sam_cache(profile: ProfileConfig) -> FeatureCache:
-    """The profile's SAM embedding cache (``<cache_dir>/sam/<model key>/``)."""
-    from clipsam_lib.paths import cache_dir
-
-    return FeatureCache(cache_dir(profile) / "sam", sam_identity(profile.sam),
-                        profile.cache_dtype)
-
-
-def embedding_key(cache: FeatureCache, image_rgb: np.ndarray | str) -> str:
-    """Cache key of an image's embedding (image content + SAM input size).
-
-    ``image_rgb`` is the image or its ``features.image_hash`` (e.g. from the CLIP
-    store's manifest, which spares decoding the image again).
-    """
-    content = image_rgb if isinstance(image_rgb, str) else image_hash(image_rgb)
-    return cache.key(content, kind="sam_embedding", image_size=SAM_IMAGE_SIZE)
-
-
-def cached_embedding(
-    cache: FeatureCache, image_rgb: np.ndarray | str, backbone: SamBackbone | None = None
-) -> SamEmbedding:
-    """The embedding of an image (or image hash) from the cache.
-
-    A missing entry is computed and stored when a backbone and the image itself are
-    given; otherwise it is a clear error, and SAM is never built here.
-    """
-    key = embedding_key(cache, image_rgb)
-    tensors = cache.get(key)
-    if tensors is not None:
-        return SamEmbedding.from_tensors(tensors)
-    if backbone is None or isinstance(image_rgb, str):
-        raise KeyError(
-            f"No cached SAM embedding for this image in {cache.dir}; run "
-            "extract_sam_embeddings(profile, dataset_name, records) first."
-        )
-    cache.put(key, backbone.embed(image_rgb).to_tensors())
-    # Read back what was stored, so a warm and a cold cache give the same numbers.
-    return SamEmbedding.from_tensors(cache.get(key))
-
-
-class SamEmbeddingReader:
-    """Reads cached SAM embeddings of a profile without ever building SAM.
-
-    Call it with an RGB image or its ``features.image_hash``.
-    """
-
-    def __init__(self, profile: ProfileConfig):
-        self.cache = sam_cache(profile)
-
-    def __call__(self, image_rgb: np.ndarray | str) -> SamEmbedding:
-        return cached_embedding(self.cache, image_rgb)
-
-    def has(self, image_rgb: np.ndarray | str) -> bool:
-        return embedding_key(self.cache, image_rgb) in self.cache
-
-
-def extract_sam_embeddings(
-    profile: ProfileConfig,
-    dataset_name: str,
-    records: Sequence[dict[str, Any]],
-    progress: bool = True,
-    backbone: SamBackbone | None = None,
-) -> FeatureCache:
-    """Fill the SAM embedding cache for ``records`` of a dataset; skips cached images.
-
-    SAM is built only if at least one image is missing from the cache.
-    """
-    from tqdm.auto import tqdm
-
-    from clipsam_lib.data.io import read_image_rgb
-    from clipsam_lib.paths import dataset_root
-
-    cache = sam_cache(profile)
-    root = dataset_root(profile, dataset_name)
-    for rec in tqdm(records, desc=f"SAM embeddings {dataset_name}", disable=not progress):
-        image = read_image_rgb(root / rec["img_path"])
-        if embedding_key(cache, image) in cache:
-            continue
-        if backbone is None:
-            backbone = SamBackbone(profile.sam, device=profile.device)
-        cached_embedding(cache, image, backbone)
-    return cache

@@ -255,7 +255,7 @@ def _build_model(cfg: ClipConfig, device: torch.device) -> torch.nn.Module:
             stacklevel=3,
         )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.default_generator.manual_seed(cfg.seed)  # CPU init; CUDA RNG untouched
             return open_clip.create_model(cfg.model_name, pretrained=None, **common)
     tag_cfg = pretrained_tag_config(cfg)
     if tag_cfg is not None:

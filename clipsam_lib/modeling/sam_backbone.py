@@ -121,7 +121,7 @@ def build_sam(cfg: SamConfig) -> Sam:
 def _seeded(seed: int) -> Iterator[None]:
     """Seed torch for random init without disturbing the caller's RNG stream."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only, not CUDA's
         yield
 
 

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple[Any, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "cache_dtype": ("fp16", "bf16", "fp32"),
-    "synthetic_scale": ("tiny", "small", "medium"),  # data.synthetic.SCALES
+    "synthetic_scale": ("tiny", "small", "medium", "rehearsal"),  # data.synthetic.SCALES
     "clip.dtype": ("fp32", "bf16"),
     "clip.activation": ("peer", "as_trained", "quick_gelu", "gelu"),
     "sam.model_type": ("vit_h", "vit_l", "vit_b", "tiny"),

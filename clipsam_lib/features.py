@@ -45,7 +45,13 @@ def model_key(identity: dict[str, Any]) -> str:
 
 
 class FeatureCache:
-    """Per-image tensors of one frozen model, stored in a compact dtype."""
+    """Per-image tensors of one frozen model, stored in a compact dtype.
+
+    ``FeatureCache.bytes_read`` counts the bytes of every entry read in this process (the
+    rehearsal's cache I/O column).
+    """
+
+    bytes_read = 0
 
     def __init__(self, root: str | Path, identity: dict[str, Any], storage_dtype: str = "fp16"):
         if storage_dtype not in STORAGE_DTYPES:
@@ -77,6 +83,7 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
+            FeatureCache.bytes_read += path.stat().st_size
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable entry is just recomputed
             warnings.warn(f"Feature cache entry {path} is unreadable ({err}); recomputing it.")

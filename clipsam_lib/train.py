@@ -370,9 +370,42 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         rows.append(
-            {"epoch": epoch + 1, "step": step, "loss": float(loss), "focal": focal, "dice": dice}
+            {"epoch": epoch + 1, "step": step, "loss": loss.item(), "focal": focal, "dice": dice}
         )
     return rows
+
+
+def time_epochs(
+    workspace: Workspace | ProfileConfig,
+    train_dataset: str,
+    epochs: int = 2,
+    budget_bytes: int | None = None,
+) -> list[dict[str, float]]:
+    """Seconds of ``epochs`` fresh training epochs and the part spent reading tokens.
+
+    A benchmark of the token reader (nothing is saved): ``budget_bytes`` replaces
+    ``train.token_memory_gb`` (0: every item is read from the cache every epoch). The
+    training set must fit the plan of ``epochs`` epochs (prepared here if needed).
+    """
+    ws = as_workspace(workspace)
+    profile = ws.profile
+    data = prepare_training_set(ws, train_dataset, progress=False)
+    umci = init_umci(profile).to(ws.device).train()
+    optimizer = torch.optim.Adam(umci.parameters(), lr=profile.train.lr,
+                                 betas=tuple(profile.train.betas))
+    store = ClipFeatureStore(profile)
+    names = sorted(set(data.classes))
+    texts = dict(zip(names, store.text(names)))
+    budget = token_budget_bytes(profile.train) if budget_bytes is None else budget_bytes
+    reader = _TokenReader(store, data.keys, budget)
+    timings = []
+    for epoch in range(min(epochs, len(data.epochs))):
+        read_before, start = reader.read_seconds, time.perf_counter()
+        _train_epoch(profile, umci, optimizer, data, epoch, texts, reader, ws.device, False)
+        timings.append({"epoch": epoch + 1, "seconds": time.perf_counter() - start,
+                        "read_seconds": reader.read_seconds - read_before,
+                        "items": len(data.epochs[epoch])})
+    return timings
 
 
 def token_budget_bytes(train_cfg: Any) -> int:
@@ -511,6 +544,7 @@ __all__ = [
     "prepare_training_set",
     "run_dir",
     "run_key",
+    "time_epochs",
     "token_budget_bytes",
     "train_umci",
     "training_records",

@@ -22,6 +22,7 @@ in a temporary folder that replaces the old one only once it is complete.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -79,6 +80,9 @@ class Scale:
     test_defective: int
     ksdd2_train: tuple[int, int]  # (normal, defective) in KSDD2's train/ folder
     ksdd2_test: tuple[int, int]  # (normal, defective) in KSDD2's test/ folder
+    # Image sides multiplied by this per layout (the catalog's sizes are small; the
+    # rehearsal preset grows them to the real datasets' sizes).
+    zoom: tuple[tuple[str, float], ...] = ()
 
 
 SCALES = {
@@ -88,6 +92,11 @@ SCALES = {
                    ksdd2_train=(12, 4), ksdd2_test=(10, 6)),
     "medium": Scale(classes=4, train=40, test_good=20, test_defective=30,
                     ksdd2_train=(48, 8), ksdd2_test=(40, 12)),
+    # The paper's image sizes for a cost rehearsal (rehearsal profile): MVTec-like sides
+    # about 650-1020 px, VisA-like about 1.0-1.4k px wide, KSDD2-like about 230 x 620.
+    "rehearsal": Scale(classes=2, train=2, test_good=2, test_defective=3,
+                       ksdd2_train=(2, 1), ksdd2_test=(2, 2),
+                       zoom=(("mvtec", 3.4), ("visa", 4.4), ("mtd", 1.6), ("ksdd2", 2.4))),
 }
 
 # MTD's defect types (its folder names), each drawn with the procedural defect it looks
@@ -585,7 +594,11 @@ def build_dataset(
         return root
     _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    classes = CATALOG[layout][:SCALES[scale].classes]
+    zoom = dict(SCALES[scale].zoom).get(layout, 1.0)
+    classes = tuple(
+        dataclasses.replace(c, size=(round(c.size[0] * zoom), round(c.size[1] * zoom)))
+        for c in CATALOG[layout][:SCALES[scale].classes]
+    )
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become the dataset's mode
     try:

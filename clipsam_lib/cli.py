@@ -1,6 +1,8 @@
-"""`clipsam` command line: index, download, build-benchmark, run.
+"""`clipsam` command line: index, download, build-benchmark, check, run.
 
-Errors a user can cause are printed as one sentence (no traceback) with exit code 2.
+Errors a user can cause (``clipsam_lib.errors.UserError`` and its kinds) are printed as
+one line each (no traceback) with exit code 2; any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +13,6 @@ import sys
 from pathlib import Path
 
 DATASETS = ("mvtec", "visa", "mtd", "ksdd2")
-
-
-class UserError(Exception):
-    """An error the user can fix; its message names the file and the fix."""
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
@@ -44,10 +42,19 @@ def _cmd_build_benchmark(args: argparse.Namespace) -> None:
         print(f"{name}: {root}")
 
 
+def _cmd_check(args: argparse.Namespace) -> None:
+    from clipsam_lib.config import load_profile
+    from clipsam_lib.preflight import preflight
+
+    report = preflight(load_profile(args.profile), deep=args.deep)
+    print("\n".join(report.lines()))
+    report.raise_for_problems()
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from clipsam_lib.runner import run_notebooks
 
-    run_notebooks(args.profile, start=args.start, only=args.only)
+    run_notebooks(args.profile, start=args.start, only=args.only, deep_check=args.deep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.set_defaults(func=_cmd_build_benchmark)
 
+    p = sub.add_parser("check", help="the preflight alone: weights, datasets, disk, problems")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--deep", action="store_true",
+                   help="decode every image and mask fully (finds truncated files)")
+    p.set_defaults(func=_cmd_check)
+
     p = sub.add_parser("run", help="execute the numbered notebooks through papermill")
     p.add_argument("--profile", default="smoke")
+    p.add_argument("--deep", action="store_true", help="a deep preflight (see check)")
     p.add_argument("--from", dest="start", default=None, help="start at notebook NN")
     p.add_argument("--only", default=None, help="run only notebook NN")
     p.set_defaults(func=_cmd_run)
@@ -84,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from clipsam_lib.errors import UserError
     from clipsam_lib.runner import NotebookFailed
 
     try:
         args.func(args)
-    except (UserError, NotebookFailed, FileNotFoundError, ValueError, KeyError) as err:
-        # Library errors a user can cause carry a one-sentence message: show just that.
+    except (UserError, NotebookFailed) as err:
+        # Errors a user can cause carry one-sentence messages (one per line): just those.
         message = err.args[0] if err.args else str(err)
         print(f"clipsam {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -20,10 +20,12 @@ from typing import Any
 
 import yaml
 
+from clipsam_lib.errors import ProfileNotFound, UserError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A profile value (or file) the user can fix: one sentence naming the key and the fix."""
 
 
@@ -516,7 +518,7 @@ def load_profile(name_or_path: str | Path, **overrides: Any) -> ProfileConfig:
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ProfileNotFound(
             f"Profile {str(name_or_path)!r} not found at {path}; "
             f"available profiles: {', '.join(available_profiles())}."
         )

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
-from clipsam_lib.io_utils import atomic_path, write_json_atomic
+from clipsam_lib.io_utils import atomic_path, disk_error, write_json_atomic
 from clipsam_lib.modeling import text_prompts
 
 STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -61,7 +61,10 @@ class FeatureCache:
         self.identity = dict(identity)
         self.storage_dtype = storage_dtype
         self.dir = Path(root) / model_key(identity)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise (disk_error(self.dir, err) or err) from None
         identity_file = self.dir / "identity.json"
         if not identity_file.exists():
             write_json_atomic(identity_file, self.identity)

@@ -1,8 +1,14 @@
-"""Small file helpers: atomic writes so an interrupted run never leaves half a file."""
+"""Small file helpers: atomic writes so an interrupted run never leaves half a file.
+
+A write that fails because of the disk (full, read-only, no permission) is a one-line
+``DiskError`` naming the file that was being written (never its temporary name) and the
+fix; the file it would have replaced is left as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -10,13 +16,44 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clipsam_lib.errors import DiskError
+
+_REASONS = {
+    errno.ENOSPC: "no space is left on the device",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission is denied",
+    errno.EPERM: "permission is denied",
+}
+# torch.save reports a full disk as RuntimeError("[enforce fail at inline_container.cc...
+# PytorchStreamWriter failed writing file ...]"), not as an OSError.
+_TORCH_WRITE_FAILURE = ("inline_container", "PytorchStreamWriter failed writing")
+
+
+def disk_error(path: Path, err: BaseException) -> DiskError | None:
+    """The DiskError for a failed write of ``path``, or None if ``err`` is not the disk's."""
+    if isinstance(err, OSError) and err.errno in _REASONS:
+        reason = _REASONS[err.errno]
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILURE):
+        reason = "the disk refused the write (most likely it is full)"
+    else:
+        return None
+    return DiskError(
+        f"Cannot write {path}: {reason}; free space or fix the permissions there, or point "
+        "the profile's cache_dir / results_dir (or --out) at another folder (files already "
+        "written are unchanged)."
+    )
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise (disk_error(path, err) or err) from None
     os.close(fd)
     # mkstemp creates 0600; give the final file the permissions a plain open() would.
     umask = os.umask(0)
@@ -26,6 +63,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as err:
+        translated = disk_error(path, err)
+        if translated is None:
+            raise
+        raise translated from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -44,6 +44,11 @@ def cache_dir(profile: ProfileConfig) -> Path:
     return _under_root(profile.cache_dir)
 
 
+def index_fallback_dir(profile: ProfileConfig) -> Path:
+    """Where the index (meta.json) of a dataset on read-only storage is kept."""
+    return cache_dir(profile) / "indexes"
+
+
 def results_dir(profile: ProfileConfig) -> Path:
     """``results/<profile>/``: tables, figures, executed notebooks, checkpoints.
 
@@ -57,5 +62,10 @@ def results_dir(profile: ProfileConfig) -> Path:
 def results_subdir(profile: ProfileConfig, kind: str) -> Path:
     """``results/<profile>/<kind>/`` (created): kind is tables, figures, checkpoints, maps..."""
     path = results_dir(profile) / kind
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from clipsam_lib.io_utils import disk_error
+
+        raise (disk_error(path, err) or err) from None
     return path

@@ -53,17 +53,6 @@ def index_hash(index: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def dataset_index_hash(profile: ProfileConfig, dataset: str) -> str:
-    """``index_hash`` of one of the profile's datasets (its meta.json, built if missing)."""
-    from clipsam_lib.data import load_or_build_index
-    from clipsam_lib.paths import dataset_root
-
-    spec = profile.dataset(dataset)
-    index = load_or_build_index(dataset_root(profile, dataset), spec.layout, spec.split,
-                                mask_threshold=profile.eval.mask_threshold)
-    return index_hash(index)
-
-
 def provenance_columns(
     profile: ProfileConfig,
     *,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsam_lib.config import load_profile
+from clipsam_lib.errors import UserError
 from clipsam_lib.io_utils import write_json_atomic
 from clipsam_lib.paths import project_root, results_subdir
 from clipsam_lib.provenance import is_random_init
@@ -23,7 +24,7 @@ from clipsam_lib.provenance import is_random_init
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.*\.ipynb$")
 
 
-class NotebookFailed(RuntimeError):
+class NotebookFailed(UserError, RuntimeError):
     """A notebook cell raised; the message names the notebook, the cell and the error."""
 
 
@@ -37,7 +38,7 @@ class NotebookRun:
 def numbered_notebooks(notebooks_dir: Path) -> list[Path]:
     """``NN_*.ipynb`` in ``notebooks_dir``, in order."""
     if not notebooks_dir.is_dir():
-        raise FileNotFoundError(
+        raise UserError(
             f"Notebook folder {notebooks_dir} does not exist; run from the project checkout "
             "or set CLIPSAM_ROOT to it."
         )
@@ -51,7 +52,7 @@ def select_notebooks(
     numbers = [NOTEBOOK_PATTERN.match(p.name).group(1) for p in notebooks]
     for flag, value in (("--from", start), ("--only", only)):
         if value is not None and value.zfill(2) not in numbers:
-            raise ValueError(
+            raise UserError(
                 f"{flag} {value}: no notebook with that number; available: {', '.join(numbers)}."
             )
     if only is not None:
@@ -97,15 +98,25 @@ def run_notebooks(
     start: str | None = None,
     only: str | None = None,
     notebooks_dir: str | Path | None = None,
+    deep_check: bool = False,
 ) -> list[NotebookRun]:
-    """Run the selected notebooks for ``profile``; write a run log beside the copies."""
-    config = load_profile(profile)  # fail early on an unknown profile
+    """Run the selected notebooks for ``profile``; write a run log beside the copies.
+
+    The preflight runs first: a bad setting, a missing checkpoint, a broken dataset or an
+    unwritable folder stops the run before any notebook executes, with every problem.
+    """
+    from clipsam_lib.preflight import preflight
+
+    config = load_profile(profile)  # fail early on an unknown profile or a bad value
     if is_random_init(config):
         # Nothing to download: stop open_clip from retrying the hub for ~45 s.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     folder = Path(notebooks_dir) if notebooks_dir else project_root() / "notebooks"
     selected = select_notebooks(numbered_notebooks(folder), start=start, only=only)
+    report = preflight(config, deep=deep_check).raise_for_problems()
+    for line in report.cleaned:
+        print(f"[clipsam run] removed {line}", flush=True)
     out_dir = results_subdir(config, "notebooks")
     runs: list[NotebookRun] = []
     for notebook in selected:

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from clipsam_lib.features import (
 from clipsam_lib.io_utils import atomic_path, write_json_atomic, write_text_atomic
 from clipsam_lib.modeling.clip_backbone import clip_dims, clip_identity
 from clipsam_lib.modeling.umci import UMCI, build_umci, upsample_logits
+from clipsam_lib.weights import LOAD_ERRORS
 from clipsam_lib.workspace import Workspace, as_workspace
 
 PLAN_VERSION = 1  # bump when the plan or mosaic construction changes
@@ -109,11 +111,6 @@ class TrainingSet:
         side = self.image_size
         bits = np.unpackbits(self.targets[items], axis=1, count=side * side)
         return torch.from_numpy(bits.reshape(len(items), side, side))
-
-
-def training_records(workspace: Workspace | ProfileConfig, train_dataset: str) -> list[dict]:
-    """The auxiliary dataset's test split (all classes of the profile, optional subset)."""
-    return as_workspace(workspace).train_records(train_dataset)
 
 
 def prepare_training_set(
@@ -453,15 +450,23 @@ class _TokenReader:
     def batch(self, items: list[int]) -> list[torch.Tensor]:
         """One float32 ``[B, g*g, C]`` tensor per stage."""
         stacked = torch.stack([self.item(i) for i in items]).float()  # [B, n_stages, g*g, C]
-        return list(stacked.unbind(1))
+        # Contiguous per stage, as the layers saw them before: the same GEMM, the same sums.
+        return [stage.contiguous() for stage in stacked.unbind(1)]
 
 
 def _resume(folder: Path, umci: UMCI, optimizer: torch.optim.Optimizer, epochs: int) -> int:
-    """Load ``last.pt`` when it exists; returns the number of epochs already done."""
+    """Load ``last.pt`` when it exists; returns the number of epochs already done.
+
+    An unreadable ``last.pt`` (a crash while it was written by something other than this
+    code, a disk error) falls back to the newest readable ``epoch_NNN.pt``, with a warning:
+    those hold the weights only, so Adam's moments restart from zero.
+    """
     last = folder / "last.pt"
     if not last.is_file():
         return 0
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    state = _load_or_none(last)
+    if state is None:
+        return _resume_from_epoch_file(folder, umci, epochs, last)
     if state["epoch"] > epochs:  # fewer epochs asked than done: start from that epoch's weights
         state = torch.load(folder / f"epoch_{epochs:03d}.pt", map_location="cpu", weights_only=True)
         umci.load_state_dict(state["umci"])
@@ -471,14 +476,37 @@ def _resume(folder: Path, umci: UMCI, optimizer: torch.optim.Optimizer, epochs: 
     return state["epoch"]
 
 
+def _load_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS:
+        return None
+
+
+def _resume_from_epoch_file(folder: Path, umci: UMCI, epochs: int, broken: Path) -> int:
+    for candidate in sorted(folder.glob("epoch_*.pt"), reverse=True):
+        state = _load_or_none(candidate)
+        if state is not None and state["epoch"] <= epochs:
+            umci.load_state_dict(state["umci"])
+            warnings.warn(
+                f"{broken} is unreadable; resuming from {candidate.name} (epoch "
+                f"{state['epoch']}) with a fresh optimizer state.", stacklevel=3)
+            return int(state["epoch"])
+    warnings.warn(f"{broken} is unreadable and no epoch checkpoint is; training starts again.",
+                  stacklevel=3)
+    return 0
+
+
 def _save_epoch(folder, profile, umci, optimizer, epoch: int, losses: pd.DataFrame) -> None:
     _save_state(folder / f"epoch_{epoch:03d}.pt", profile, umci, None, epoch)
     write_text_atomic(folder / "losses.csv", losses.to_csv(index=False))
     _save_state(folder / "last.pt", profile, umci, optimizer, epoch)  # last: marks the epoch done
 
 
-def _saved_epoch(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint holds, or None when it is unreadable (then trained again)."""
+    state = _load_or_none(path)
+    return None if state is None else int(state["epoch"])
 
 
 def _to_cpu(value: Any) -> Any:
@@ -547,6 +575,5 @@ __all__ = [
     "time_epochs",
     "token_budget_bytes",
     "train_umci",
-    "training_records",
     "umci_loss",
 ]

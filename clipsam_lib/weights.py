@@ -26,13 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsam_lib.errors import WeightsError, WeightsNotFound
 from clipsam_lib.io_utils import write_json_atomic
 from clipsam_lib.paths import project_root
 
 WEIGHTS_DIR_ENV = "CLIPSAM_WEIGHTS_DIR"
+# What torch.load and the model builders raise for a file that is not the checkpoint it
+# should be (garbage, truncated, another model's keys or shapes).
+LOAD_ERRORS = (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError,
+               zipfile.BadZipFile, AttributeError, IndexError)
 RANDOM_INIT = "random-init"
 
 
@@ -105,24 +112,24 @@ def resolve_checkpoint(kind: str, name_or_path: str | os.PathLike, *, verify: bo
     if kind not in ("sam", "clip"):
         raise ValueError(f"Checkpoint kind must be 'sam' or 'clip', not {kind!r}.")
     if name_or_path is None:
-        raise ValueError(
+        raise WeightsError(
             f"No {kind} checkpoint given (None means random init, which the caller must "
             "choose explicitly)."
         )
     given = Path(name_or_path).expanduser()
     known = KNOWN_CHECKPOINTS.get(given.name)
     if known is not None and known.kind != kind:
-        raise ValueError(
+        raise WeightsError(
             f"{given.name} is a {known.kind.upper()} checkpoint but was given as the "
             f"{kind.upper()} checkpoint; fix the {kind} section of the profile."
         )
     path = _find(given)
     if path is None:
-        raise FileNotFoundError(_missing_message(kind, given, known))
+        raise WeightsNotFound(_missing_message(kind, given, known))
     if verify and known is not None:
         actual = file_sha256(path)
         if actual != known.sha256:
-            raise ValueError(
+            raise WeightsError(
                 f"{path} has SHA-256 {actual} but {known.file_name} should have "
                 f"{known.sha256}: the file is corrupt or a different model, so download it "
                 f"again from {known.url} and put it in {weights_dirs()[0]}."

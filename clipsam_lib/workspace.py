@@ -108,7 +108,10 @@ class Workspace:
         threshold = self.profile.eval.mask_threshold
         key = json.dumps([name, spec.layout, spec.split, str(root), spec.classes, threshold])
         if key not in self._shared.datasets:
-            index = load_or_build_index(root, spec.layout, spec.split, mask_threshold=threshold)
+            index = load_or_build_index(
+                root, spec.layout, spec.split, mask_threshold=threshold,
+                fallback_dir=paths.index_fallback_dir(self.profile),  # read-only roots
+            )
             self._shared.datasets[key] = DatasetHandle(name, spec, root, index,
                                                        index_hash(index), threshold)
         return self._shared.datasets[key]

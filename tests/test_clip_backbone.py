@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsam_lib import weights
+from clipsam_lib.errors import WeightsError
 from clipsam_lib.config import ClipConfig
 from clipsam_lib.modeling import text_prompts
 from clipsam_lib.modeling.clip_backbone import ClipBackbone, clip_identity, uses_quick_gelu
@@ -125,7 +126,7 @@ def test_openai_torchscript_archive_loads_once_its_hash_is_verified(tmp_path, mo
     assert torch.equal(loaded.visual.positional_embedding, source.visual.positional_embedding)
     unknown = tmp_path / "unknown.pt"  # same archive, no published hash: not unpickled
     unknown.write_bytes(path.read_bytes())
-    with pytest.raises(RuntimeError, match="weights_only"):
+    with pytest.raises(WeightsError, match="weights_only"):
         ClipBackbone(dataclasses.replace(TINY, pretrained=str(unknown)))
 
 
@@ -155,7 +156,7 @@ def test_openai_tag_fails_fast_with_a_clear_message_when_offline(monkeypatch):
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
     cfg = ClipConfig(model_name="ViT-L-14-336", pretrained="openai", image_size=518)
     start = time.perf_counter()
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(WeightsError) as err:
         ClipBackbone(cfg)
     assert time.perf_counter() - start < 5
     message = str(err.value)

@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 from clipsam_lib import pipeline
-from clipsam_lib.modeling import BACKBONE_BUILDS
 from clipsam_lib.config import MMRConfig, load_profile
-from clipsam_lib.modeling import mmr
+from clipsam_lib.modeling import BACKBONE_BUILDS, mmr
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
 from clipsam_lib.modeling.sam_backbone import SamBackbone
 from clipsam_lib.pipeline import ClipSAMPredictor, run_dataset

@@ -9,6 +9,7 @@ from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from clipsam_lib.config import SamConfig, load_profile
+from clipsam_lib.errors import WeightsError
 from clipsam_lib.features import FeatureCache, SamEmbeddingReader, cached_embedding
 from clipsam_lib.modeling import sam_backbone
 from clipsam_lib.modeling.sam_backbone import SamBackbone, build_sam, sam_identity
@@ -62,7 +63,7 @@ def test_unknown_model_type_is_rejected():
 def test_checkpoint_of_another_size_is_a_clear_error(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(build_sam(TINY).state_dict(), path)
-    with pytest.raises(RuntimeError, match="does not load into model_type 'vit_b'"):
+    with pytest.raises(WeightsError, match="does not load into model_type .vit_b."):
         build_sam(SamConfig(model_type="vit_b", checkpoint=str(path)))
 
 

@@ -12,11 +12,11 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from synthetic_defects import tiny_profile
 
-from clipsam_lib.pipeline import rough_maps
-from clipsam_lib.workspace import Workspace
 from clipsam_lib import paths, train
 from clipsam_lib.data.io import read_mask
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
+from clipsam_lib.pipeline import rough_maps
+from clipsam_lib.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -162,7 +162,7 @@ def test_mosaics_are_planned_per_epoch_from_the_seed_and_cached(tmp_path):
 def test_mosaic_tiles_images_and_masks_in_reading_order(tmp_path):
     profile = tiny_profile(tmp_path)
     root = paths.dataset_root(profile, "src")
-    recs = train.training_records(profile, "src")
+    recs = Workspace(profile).train_records("src")
     good = [r for r in recs if not r["anomaly"]]
     bad = [r for r in recs if r["anomaly"]]
     picks = [good[0], bad[-1], bad[2], bad[-3]]

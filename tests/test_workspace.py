@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from synthetic_defects import tiny_profile
 
 from clipsam_lib import ablations, data, train

@@ -40,6 +40,12 @@ def _check_root(root: Path, dataset: str) -> None:
         raise DatasetError(
             f"Dataset layout {dataset!r} is unknown; use one of {', '.join(DATASETS)}."
         )
+    if root.exists() and not root.is_dir():
+        raise DatasetError(
+            f"Dataset root {root} is a file, not a folder; point the root at the extracted "
+            f"dataset folder (an archive is installed with `clipsam download --dataset "
+            f"{dataset} --root FOLDER --archive {root}`)."
+        )
     if not root.is_dir():
         raise DatasetError(
             f"Dataset root {root} does not exist; download it with `clipsam download "
@@ -99,26 +105,53 @@ def load_or_build_index(
     *,
     rebuild: bool = False,
     mask_threshold: float = 0.0,
+    fallback_dir: str | Path | None = None,
 ) -> Index:
     """The index stored at ``cache_path`` (default ``default_meta_path``), else build it.
 
     A stored file is reused when it is a complete index for this request (KSDD2
     variant, MTD/KSDD2 mask threshold); otherwise, or with ``rebuild=True``, the tree is
-    indexed again and the file rewritten atomically.
+    indexed again and the file rewritten atomically. When that file cannot be written (a
+    dataset on read-only storage), the index goes to ``fallback_dir`` instead (a file
+    named after the root), and is read from there next time.
     """
     root = Path(root).expanduser()
     _check_root(root, dataset)
     path = Path(cache_path) if cache_path else default_meta_path(root, dataset, split)
-    if not rebuild and path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stored = None  # unreadable: rebuild below
+    candidates = [path]
+    if fallback_dir is not None:
+        candidates.append(_fallback_path(Path(fallback_dir), root, dataset, split))
+    for candidate in candidates if not rebuild else []:
+        stored = _read_index(candidate)
         if _matches_request(stored, dataset, split, mask_threshold):
             return stored
     index = index_dataset(root, dataset, split, mask_threshold=mask_threshold)
-    write_json_atomic(path, index)
-    return index
+    for candidate in candidates:
+        try:
+            write_json_atomic(candidate, index)
+            return index
+        except OSError as err:  # DiskError included: read-only or full
+            last_error = err
+    raise DatasetError(
+        f"The index of {root} cannot be written to {path} ({last_error.args[0]}); make that "
+        "folder writable, or give the profile a writable cache_dir (the index then lives "
+        "there), or write it elsewhere with `clipsam index --out FILE`."
+    ) from None
+
+
+def _read_index(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # unreadable: rebuilt
+
+
+def _fallback_path(folder: Path, root: Path, dataset: str, split: str | None) -> Path:
+    """Where the index of a read-only ``root`` lives: named by the root's absolute path."""
+    import hashlib
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return folder / f"{root.name}-{dataset}-{split or 'test'}-{digest}.json"
 
 
 def _spread(items: list[Record], count: int) -> list[Record]:

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clipsam_lib.errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError, ValueError):
     """A problem with dataset files the user can fix; the message names the path and the fix."""
 
 

@@ -10,6 +10,7 @@ here, with the file's name, rather than halfway through an evaluation.
 from __future__ import annotations
 
 import csv
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,7 @@ def index_visa(root: Path) -> Index:
             f"split_csv/1cls.csv beside <class>/Data/Images/{{Normal,Anomaly}}/*.JPG; point "
             f"--root at the extracted VisA_20220922 folder."
         )
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate a BOM
-        rows = list(csv.reader(handle))
+    rows = _read_csv(csv_path)
     header = [c.strip() for c in rows[0]] if rows else []
     if header != VISA_HEADER:
         raise DatasetError(
@@ -131,14 +131,53 @@ def index_visa(root: Path) -> Index:
             f"starts with the header {','.join(VISA_HEADER)}; use the 1cls.csv of the archive."
         )
     index: Index = {"train": {}, "test": {}}
+    seen: dict[str, int] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         split, cls, record = _visa_row(root, csv_path, line, row)
+        if record["img_path"] in seen:
+            raise DatasetError(
+                f"{csv_path} lines {seen[record['img_path']]} and {line} both list "
+                f"{record['img_path']}; remove the duplicate (or use the archive's 1cls.csv).")
+        seen[record["img_path"]] = line
         index["train"].setdefault(cls, [])
         index["test"].setdefault(cls, [])
         index[split][cls].append(record)
+    if not seen:
+        raise DatasetError(f"{csv_path} has a header but no rows; use the 1cls.csv of the "
+                           "archive.")
     return _sorted_index(index)
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV (a BOM is tolerated); other encodings are a DatasetError."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.reader(handle))
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}); save it as UTF-8, or use the 1cls.csv of the archive."
+        ) from None
+
+
+def _in_root(root: Path, relative: str, where: str) -> Path:
+    """``root / relative`` for a path a split file names: relative, inside the root, and
+    found even when the file system stores its name in another Unicode normalization."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise DatasetError(
+            f"{where} names {relative!r}, which is {'absolute' if candidate.is_absolute() else 'outside the dataset root'}; "
+            "paths in the split file are relative to the dataset root: fix the row.")
+    path = root / candidate
+    if path.exists():
+        return path
+    for form in ("NFC", "NFD"):
+        variant = root / unicodedata.normalize(form, relative)
+        if variant.exists():
+            return variant  # same name, other normalization (e.g. copied from macOS)
+    return path
 
 
 def _visa_row(root: Path, csv_path: Path, line: int, row: list[str]) -> tuple[str, str, Record]:
@@ -150,13 +189,13 @@ def _visa_row(root: Path, csv_path: Path, line: int, row: list[str]) -> tuple[st
     if split not in ("train", "test") or label not in ("normal", "anomaly"):
         raise DatasetError(f"{where} has split={split!r}, label={label!r}; expected split "
                            f"train|test and label normal|anomaly: fix the row.")
-    image_path = root / image
+    image_path = _in_root(root, image, where)
     if not image_path.is_file():
         raise DatasetError(f"{where} points at {image_path}, which does not exist; re-extract "
                            f"the VisA archive into {root} (or fix the row).")
     mask_path = None
     if label == "anomaly":
-        mask_path = root / mask if mask else None
+        mask_path = _in_root(root, mask, where) if mask else None
         if mask_path is None or not mask_path.is_file():
             raise DatasetError(f"{where} is an anomaly whose mask {mask_path or '(empty)'} does "
                                f"not exist; re-extract the VisA archive into {root}.")

@@ -14,6 +14,7 @@ from clipsam_lib.data import Index, Record, load_or_build_index, records
 from clipsam_lib.data.io import check_mask_matches, read_image_rgb, read_mask
 from clipsam_lib.data.synthetic import build_embedded_benchmark
 from clipsam_lib.io_utils import atomic_path
+from clipsam_lib.paths import index_fallback_dir
 
 
 def prepare_datasets(
@@ -30,7 +31,8 @@ def prepare_datasets(
     for spec in profile.datasets:
         root = paths.dataset_root(profile, spec.name)
         index = load_or_build_index(root, spec.layout, spec.split, rebuild=rebuild,
-                                    mask_threshold=profile.eval.mask_threshold)
+                                    mask_threshold=profile.eval.mask_threshold,
+                                    fallback_dir=index_fallback_dir(profile))
         prepared[spec.name] = (root, select_classes(index, spec.classes))
     return prepared
 

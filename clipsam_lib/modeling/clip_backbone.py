@@ -29,9 +29,11 @@ from PIL import Image
 
 from clipsam_lib.config import CONFIG_DIR, ClipConfig
 from clipsam_lib.devices import resolve_device
+from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS, text_prompts
 from clipsam_lib.weights import (
     KNOWN_CHECKPOINTS,
+    LOAD_ERRORS,
     RANDOM_INIT,
     resolve_checkpoint,
     weights_dirs,
@@ -267,14 +269,23 @@ def _build_model(cfg: ClipConfig, device: torch.device) -> torch.nn.Module:
                     cfg.model_name, pretrained=cfg.pretrained, require_pretrained=True, **common
                 )
         except Exception as err:  # any hub/download failure -> one clear sentence
-            raise RuntimeError(_tag_failure_message(cfg, tag_cfg, err)) from err
+            raise WeightsError(_tag_failure_message(cfg, tag_cfg, err)) from err
     path = resolve_checkpoint("clip", cfg.pretrained)
     # OpenAI's own file is a TorchScript archive, which torch only loads with
     # weights_only=False; allow that only for known files whose SHA-256 was just verified.
     trusted = path.name in KNOWN_CHECKPOINTS
-    return open_clip.create_model(
-        cfg.model_name, pretrained=str(path), weights_only=not trusted, **common
-    )
+    try:
+        return open_clip.create_model(
+            cfg.model_name, pretrained=str(path), weights_only=not trusted, **common
+        )
+    except LOAD_ERRORS as err:
+        raise WeightsError(
+            f"CLIP checkpoint {path} does not load into {cfg.model_name} "
+            f"({type(err).__name__}): it is corrupt, another model's, or an archive this "
+            "project does not know (only files with a published SHA-256 are unpickled; "
+            "nothing is loaded with weights_only=False); download it again or fix "
+            "clip.pretrained."
+        ) from None
 
 
 def _tag_failure_message(cfg: ClipConfig, tag_cfg: dict[str, Any], err: Exception) -> str:

@@ -30,8 +30,9 @@ from segment_anything.modeling import Sam
 
 from clipsam_lib.config import SamConfig
 from clipsam_lib.devices import resolve_device
+from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS
-from clipsam_lib.weights import resolve_checkpoint, weights_identity
+from clipsam_lib.weights import LOAD_ERRORS, resolve_checkpoint, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ def build_sam(cfg: SamConfig) -> Sam:
         path = resolve_sam_checkpoint(cfg.checkpoint)
         try:
             sam = builder(checkpoint=str(path))
-        except (RuntimeError, OSError, EOFError, KeyError) as err:
-            raise RuntimeError(
+        except LOAD_ERRORS as err:
+            raise WeightsError(
                 f"SAM checkpoint {path} does not load into model_type {cfg.model_type!r} "
-                f"({type(err).__name__}); check that sam.model_type matches the file, or "
-                "re-download it."
-            ) from err
+                f"({type(err).__name__}): check that sam.model_type matches the file, or "
+                "download it again."
+            ) from None
     BACKBONE_BUILDS["sam"] += 1
     sam.eval()
     sam.requires_grad_(False)

@@ -425,6 +425,10 @@ def _cross_checks(profile: ProfileConfig) -> list[str]:
     if mmr.mask_levels in CHOICES["mmr.mask_levels"] and len(mmr.level_weights) < mmr.mask_levels:
         problems.append(f"mmr.level_weights = {list(mmr.level_weights)!r} has fewer weights than "
                         f"mmr.mask_levels = {mmr.mask_levels}.")
+    for i, spec in enumerate(profile.datasets):
+        for key in ("name", "root"):
+            if isinstance(getattr(spec, key), str) and not getattr(spec, key).strip():
+                problems.append(f"datasets[{i}].{key} is empty; give the dataset a {key}.")
     names = [spec.name for spec in profile.datasets]
     for name in {n for n in names if names.count(n) > 1}:
         problems.append(f"datasets: the name {name!r} is used twice; give each dataset its own.")

@@ -73,6 +73,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+# Staging folders beside a dataset root: a download's extraction, a benchmark build, the
+# old tree being swapped out. A killed run leaves them; the next run removes them.
+STAGING_PATTERNS = (".{name}.extract-*", ".{name}.build-*", ".{name}.old-*")
+
+
+def remove_stale_staging(root: str | Path, min_age_s: float = 600.0) -> list[str]:
+    """Remove the staging folders a killed run left beside ``root``; describe each.
+
+    A folder in which something changed during the last ``min_age_s`` seconds may belong
+    to a run still going on (another process sharing the data folder): it is kept.
+    """
+    import shutil
+    import time
+
+    root = Path(root)
+    removed: list[str] = []
+    if not root.parent.is_dir():
+        return removed
+    for pattern in STAGING_PATTERNS:
+        for stale in root.parent.glob(pattern.format(name=root.name)):
+            if not stale.is_dir():
+                continue
+            files = [p for p in stale.rglob("*") if p.is_file()]
+            newest = max([stale.stat().st_mtime, *(p.stat().st_mtime for p in files)])
+            if time.time() - newest < min_age_s:
+                continue
+            size = sum(p.stat().st_size for p in files)
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(f"{stale} ({size / 2**20:.1f} MiB), left by a killed download or "
+                           "build")
+    return removed
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -31,8 +31,8 @@ from typing import Any
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.errors import PreflightFailed, UserError
+from clipsam_lib.io_utils import remove_stale_staging
 
-STAGING_PATTERNS = (".{name}.extract-*", ".{name}.build-*", ".{name}.old-*")
 GIB = 2**30
 
 
@@ -179,17 +179,7 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
 
 
 def _remove_staging(root: Path, report: Preflight) -> None:
-    """Staging folders a killed extraction or build left beside ``root``."""
-    parent = root.parent
-    if not parent.is_dir():
-        return
-    for pattern in STAGING_PATTERNS:
-        for stale in parent.glob(pattern.format(name=root.name)):
-            if stale.is_dir():
-                size = sum(p.stat().st_size for p in stale.rglob("*") if p.is_file())
-                shutil.rmtree(stale, ignore_errors=True)
-                report.cleaned.append(f"{stale} ({size / 2**20:.1f} MiB), left by a killed "
-                                      "download or build")
+    report.cleaned += remove_stale_staging(root)
 
 
 # -- folders and free space -------------------------------------------------------------------

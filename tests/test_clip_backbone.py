@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsam_lib import weights
-from clipsam_lib.errors import WeightsError
 from clipsam_lib.config import ClipConfig
+from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import text_prompts
 from clipsam_lib.modeling.clip_backbone import ClipBackbone, clip_identity, uses_quick_gelu
 

@@ -73,7 +73,8 @@ def test_ready_root_is_only_indexed(tmp_path, mvtec_archive, monkeypatch):
     monkeypatch.setattr(download, "_extract", lambda *a: pytest.fail("extracted again"))
     download_dataset("mvtec", root, progress=False)
     assert (root / "meta.json").is_file()
-    download_dataset("mvtec", root, archive=mvtec_archive, progress=False)
+    with pytest.raises(download.DatasetError, match="so --archive .* was not used"):
+        download_dataset("mvtec", root, archive=mvtec_archive, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])

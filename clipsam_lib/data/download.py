@@ -21,14 +21,16 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from clipsam_lib.data import DatasetError, default_meta_path, index_dataset
-from clipsam_lib.io_utils import write_json_atomic
+from clipsam_lib.io_utils import remove_stale_staging, write_json_atomic
 
 CHUNK = 1 << 20
 RECORD_NAME = "archive_sha256.json"
@@ -120,6 +122,11 @@ def _fetch(name: str, url: str, target: Path, expected: str | None, progress: bo
     return digest.hexdigest()
 
 
+def _macos_metadata(member: str) -> bool:
+    parts = Path(member).parts
+    return bool(parts) and (parts[0] == "__MACOSX" or parts[-1].startswith("._"))
+
+
 def _inside(dest: Path, member: str) -> bool:
     return (dest / member).resolve().is_relative_to(dest.resolve())
 
@@ -136,9 +143,17 @@ def _extract(archive: Path, dest: Path, progress: bool) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zipped:
             for info in tqdm(zipped.infolist(), desc="extract", unit="file", disable=not progress):
+                if _macos_metadata(info.filename):
+                    continue  # Finder's __MACOSX/ and ._ files: not part of the dataset
                 if not _inside(dest, info.filename):
                     raise _unsafe(archive, info.filename)
-                zipped.extract(info, dest)
+                try:
+                    zipped.extract(info, dest)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                    raise DatasetError(
+                        f"{archive} is damaged: its member {info.filename!r} does not extract "
+                        f"({type(err).__name__}); download the archive again."
+                    ) from None
         return
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -174,9 +189,11 @@ def _layout_root(staging: Path, name: str, archive: Path) -> Path:
             return candidate
         except DatasetError as err:
             error = error or err
+    # Name what is inside the archive, not the temporary folder (removed when this returns).
+    detail = str(error).replace(f"{staging}{os.sep}", "").replace(str(staging), "its top level")
     raise DatasetError(
         f"{archive} does not unpack to a valid {name} tree (expected {SOURCES[name].how}): "
-        f"{error}"
+        f"{detail}"
     )
 
 
@@ -233,22 +250,52 @@ def download_dataset(
     source = SOURCES[name]
     root = Path(root).expanduser().resolve()
     if _use_existing(root, name):  # nothing to download or extract (delete root to redo it)
+        if archive is not None:
+            raise DatasetError(
+                f"{root} already holds a valid {name} tree, so --archive {archive} was not "
+                f"used; remove {root} first to install from the archive, or drop --archive."
+            )
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
+    for line in remove_stale_staging(root) + [str(p) for p in remove_stale_partials(root, source)]:
+        warnings.warn(f"removed {line}", stacklevel=2)
     archive_path, digest = _archive_path(name, source, root, archive, url, progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.extract-", dir=root.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become the dataset's mode
     try:
         if archive_path.is_dir():
+            if source.sha256 is not None:
+                raise DatasetError(
+                    f"--archive {archive_path} is a folder, but {name} is verified by its "
+                    f"archive's sha256: pass the downloaded {source.archive}, or pass an "
+                    "extracted folder as --root (it is indexed in place)."
+                )
             shutil.copytree(archive_path, staging, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns(".git"))
+                            ignore=shutil.ignore_patterns(".git", "__MACOSX", "._*"))
             return _install(staging, root, name, archive_path, None)
         digest = digest or sha256_file(archive_path, progress)
-        _check_hash(name, archive_path, digest, source.sha256, url or source.url)
+        try:
+            _check_hash(name, archive_path, digest, source.sha256, url or source.url)
+        except DatasetError as err:
+            if archive is None:  # our own earlier download: never offer it to a rerun again
+                archive_path.unlink(missing_ok=True)
+                raise DatasetError(f"{err.args[0].rstrip('.')}; the bad file was removed, so "
+                                   "the same command downloads it afresh.") from None
+            raise
         _extract(archive_path, staging, progress)
         return _install(staging, root, name, archive_path, digest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_partials(root: Path, source: Source) -> list[Path]:
+    """Half-written downloads (``.<archive>.*.part``) a killed run left beside ``root``."""
+    if source.archive is None or not root.parent.is_dir():
+        return []
+    stale = list(root.parent.glob(f".{source.archive}.*.part"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _archive_path(

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.data import index_dataset
 from clipsam_lib.data.io import DatasetError
-from clipsam_lib.io_utils import write_json_atomic
+from clipsam_lib.io_utils import remove_stale_staging, write_json_atomic
 
 GENERATOR_VERSION = 2  # bump whenever the pictures change: old builds are then rebuilt
 MANIFEST_NAME = "build_manifest.json"
@@ -592,6 +593,8 @@ def build_dataset(
                            f"{', '.join(SCALES)} (profile field synthetic_scale).")
     if not force and is_up_to_date(root, layout, seed, scale):
         return root
+    for line in remove_stale_staging(root):
+        warnings.warn(f"removed {line}", stacklevel=2)
     _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     zoom = dict(SCALES[scale].zoom).get(layout, 1.0)

@@ -31,7 +31,7 @@ def test_rehearsal_at_real_sizes_builds_each_backbone_once_and_reuses_maps(
              "synthetic": True, "classes": ["gravel"]},
         ],
         directions=[{"train": "synth_mvtec", "test": ["synth_visa"]}],
-        **{"train.max_images_per_class": 2, "eval.max_images_per_class": 2},
+        **{"train.max_images_per_class": 2, "eval.max_images_per_class": 1},
     )
     build_embedded_benchmark(profile)
     ws = Workspace(profile)

@@ -6,6 +6,7 @@ import nbformat
 import pytest
 
 from clipsam_lib import cli
+from clipsam_lib.errors import UserError
 from clipsam_lib.runner import NotebookFailed, numbered_notebooks, run_notebooks, select_notebooks
 
 
@@ -48,7 +49,7 @@ def test_from_and_only_select_notebooks(notebooks):
     marker.unlink()
     run_notebooks("smoke", notebooks_dir=folder, only="00")
     assert marker.read_text().split() == ["00_a:smoke"]
-    with pytest.raises(ValueError, match="--only 7: no notebook"):
+    with pytest.raises(UserError, match="--only 7: no notebook"):
         select_notebooks(numbered_notebooks(folder), only="7")
 
 

@@ -1,4 +1,4 @@
-"""`clipsam` command line: index, download, build-benchmark, check, run.
+"""`clipsam` command line: index, download, build-benchmark, check, predict, run.
 
 Errors a user can cause (``clipsam_lib.errors.UserError`` and its kinds) are printed as
 one line each (no traceback) with exit code 2; any other exception is a bug and keeps its
@@ -51,6 +51,21 @@ def _cmd_check(args: argparse.Namespace) -> None:
     report.raise_for_problems()
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from clipsam_lib.config import load_profile
+    from clipsam_lib.predict import predict_images
+
+    run = predict_images(load_profile(args.profile), args.inputs, args.class_name, args.out,
+                         umci=args.umci, skip_bad=args.skip_bad,
+                         per_image_scale=args.per_image_scale)
+    print(f"UMCI {run.umci_source}: {run.umci}")
+    for item in run.written:
+        print(f"{item.image}: image score {item.image_score:.4f} -> {item.overlay}")
+    for line in run.skipped:
+        print(f"skipped {line}")
+    print(f"{len(run.written)} image(s) written to {args.out}, {len(run.skipped)} skipped")
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from clipsam_lib.runner import run_notebooks
 
@@ -86,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true",
                    help="decode every image and mask fully (finds truncated files)")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("predict", help="ClipSAM on your own images or folders of images")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--class", dest="class_name", required=True,
+                   help="what the images show, e.g. bottle (any name: zero-shot)")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--umci", default=None, help="a trained UMCI (default: the profile's)")
+    p.add_argument("--out", default="predictions", help="output folder (default predictions/)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images and list them (default: stop at the first)")
+    p.add_argument("--per-image-scale", action="store_true",
+                   help="heat maps on each map's own min-max instead of [0, 1]")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("run", help="execute the numbered notebooks through papermill")
     p.add_argument("--profile", default="smoke")

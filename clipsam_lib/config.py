@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ class ConfigError(UserError, ValueError):
 
 # Every enumerated setting: dotted key -> allowed values (the modules read these too).
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
+    "device": ("auto", "cpu", "cuda", "mps"),
     "cache_dtype": ("fp16", "bf16", "fp32"),
     "synthetic_scale": ("tiny", "small", "medium", "rehearsal"),  # data.synthetic.SCALES
     "clip.dtype": ("fp32", "bf16"),
@@ -235,7 +236,7 @@ class Direction:
 class ProfileConfig:
     name: str = "paper"
     description: str = ""
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    device: str = "auto"  # "auto" (CUDA, then Apple MPS, then CPU) | "cpu" | "cuda" | "mps"
     cache_dtype: str = "fp16"  # feature cache storage dtype: "fp16" | "bf16" | "fp32"
     data_dir: str = "data"  # relative to the project root
     cache_dir: str = "cache"
@@ -397,7 +398,7 @@ def _check_fields(obj: Any, cls: type, key_prefix: str, shown_prefix: str | None
         value = getattr(obj, f.name)
         if not _type_ok(value, hints[f.name]):
             problems.append(f"{shown} = {value!r} must be {_describe(hints[f.name])}.")
-        elif key in CHOICES and value not in CHOICES[key]:
+        elif key in CHOICES and value not in CHOICES[key] and not _numbered_cuda(key, value):
             allowed = ", ".join(repr(c) for c in CHOICES[key])
             problems.append(f"{shown} = {value!r} must be one of {allowed}.")
         elif key in RANGES and value is not None and not _in_range(value, RANGES[key]):
@@ -444,6 +445,11 @@ def _cross_checks(profile: ProfileConfig) -> list[str]:
             problems.append(f"train.epochs has no entry for layout {layout!r}, which "
                             f"directions[{i}] trains on.")
     return problems
+
+
+def _numbered_cuda(key: str, value: Any) -> bool:
+    """``device: cuda:1`` names one GPU of several."""
+    return key == "device" and isinstance(value, str) and re.fullmatch(r"cuda:\d+", value) is not None
 
 
 def _positive_int(value: Any) -> bool:

@@ -194,6 +194,11 @@ class ClipFeatureStore:
         entry = self.cache.get(self.tokens_key(image_key))
         return None if entry is None else list(entry["tokens"].float().unbind(0))
 
+    def global_for_key(self, image_key: str) -> torch.Tensor | None:
+        """Float32 ``[D]`` global image embedding, or None when not cached."""
+        entry = self.cache.get(self.tokens_key(image_key))
+        return None if entry is None else entry["global"].float()
+
     def global_embedding(self, dataset_name: str, rec: dict[str, Any]) -> torch.Tensor:
         """Float32 ``[D]`` global image embedding of a record's image (raises if absent)."""
         entry = self.cache.get(self.tokens_key(self.image_key(dataset_name, rec)))
@@ -288,14 +293,19 @@ def clip_global_scores(
     store = ClipFeatureStore(profile)
     classes = sorted({rec["cls_name"] for rec in records})
     text_of = dict(zip(classes, store.text(classes)))
-    scores = {}
-    for rec in records:
-        embedding = torch.nn.functional.normalize(
-            store.global_embedding(dataset_name, rec), dim=-1
-        )
-        logits = IMAGE_LOGIT_SCALE * text_of[rec["cls_name"]] @ embedding  # [2]
-        scores[rec["img_path"]] = float(logits.softmax(-1)[1])
-    return scores
+    return {
+        rec["img_path"]: global_score(store.global_embedding(dataset_name, rec),
+                                      text_of[rec["cls_name"]])
+        for rec in records
+    }
+
+
+def global_score(embedding: torch.Tensor, text: torch.Tensor) -> float:
+    """P(anomalous) of one image: softmax over (normal, anomalous) of 100 cos(embedding,
+    text features ``[2, D]``), APRIL-GAN's zero-shot image score."""
+    embedding = torch.nn.functional.normalize(embedding.float(), dim=-1)
+    logits = IMAGE_LOGIT_SCALE * torch.nn.functional.normalize(text.float(), dim=-1) @ embedding
+    return float(logits.softmax(-1)[1])
 
 
 def clip_score_lookup(

@@ -170,3 +170,29 @@ def mmr_steps_figure(
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, profile, name)
+
+
+def prediction_overlay(image: np.ndarray, result: Any, out: Path, *, title: str = "",
+                       per_image: bool = False) -> Path:
+    """One image's ClipSAM output in four panels: image | rough map | binary map with
+    MMR's boxes and points | final map. Heat maps on a fixed [0, 1] scale, or on each
+    map's own min-max when ``per_image`` (then the titles say so)."""
+    scale = "own min-max" if per_image else "scale 0-1"
+    height, width = image.shape[:2]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2 * height / width + 0.6))
+    axes[0].imshow(image)
+    axes[0].set_title(title or "image", fontsize=9)
+    _heat(axes[1], image, result.clip_map, per_image)
+    axes[1].set_title(f"rough map (UMCI, {scale})", fontsize=9)
+    axes[2].imshow(result.binary, cmap="gray", vmin=0, vmax=1)
+    _prompts(axes[2], result.prompts)
+    axes[2].set_title(f"binary map, {len(result.prompts)} prompt(s)", fontsize=9)
+    _heat(axes[3], image, result.final_map, per_image)
+    axes[3].set_title(f"final map (ClipSAM, {scale})", fontsize=9)
+    for ax in axes:
+        _off(ax)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out

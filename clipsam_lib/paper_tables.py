@@ -53,7 +53,8 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
 
 
 # Provenance columns our rows carry into the long comparison table.
-PROVENANCE = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash", "date")
+PROVENANCE = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash", "device",
+              "date")
 
 
 def _cell(value: float, status: str = "checked") -> str:

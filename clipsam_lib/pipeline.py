@@ -35,6 +35,7 @@ from clipsam_lib.features import (
     cached_embedding,
     extract_clip_features,
     extract_sam_embeddings,
+    global_score,
     image_hash,
     sam_cache,
 )
@@ -94,6 +95,7 @@ class ClipSAMPrediction(MMRResult):
 
     class_name: str
     rough_map: np.ndarray
+    clip_score: float  # softmax(100 cos(global image embedding, text))[anomalous]
 
 
 class ClipSAMPredictor:
@@ -133,6 +135,7 @@ class ClipSAMPredictor:
     # -- image ------------------------------------------------------------------------
     def reset_image(self) -> None:
         self.tokens: list[torch.Tensor] | None = None
+        self.global_embedding: torch.Tensor | None = None
         self.embedding: SamEmbedding | None = None
         self.original_size: tuple[int, int] | None = None
 
@@ -145,18 +148,20 @@ class ClipSAMPredictor:
             )
         self.reset_image()
         self.original_size = tuple(image_rgb.shape[:2])
-        self.tokens = self._clip_tokens(image_rgb)
+        self.tokens, self.global_embedding = self._clip_features(image_rgb)
         if self.profile.mmr.enabled:
             self.embedding = self._sam_embedding(image_rgb)
 
-    def _clip_tokens(self, image_rgb: np.ndarray) -> list[torch.Tensor]:
+    def _clip_features(self, image_rgb: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Stage tokens and the global image embedding, from the cache when enabled."""
         if self.clip_store is None:
-            return self.clip.image_tokens(image_rgb)
-        tokens = self.clip_store.tokens_for_key(image_hash(image_rgb))
-        if tokens is None:
-            (key,) = cache_clip_images(self.profile, [image_rgb], backbone=self.workspace.clip)
-            tokens = self.clip_store.tokens_for_key(key)
-        return tokens
+            stages, global_embedding = self.clip.encode_images(
+                self.clip.preprocess(image_rgb)[None])
+            return [t[0] for t in stages], global_embedding[0]
+        key = image_hash(image_rgb)
+        if self.clip_store.stored_tokens(key) is None:
+            cache_clip_images(self.profile, [image_rgb], backbone=self.workspace.clip)
+        return self.clip_store.tokens_for_key(key), self.clip_store.global_for_key(key)
 
     def _sam_embedding(self, image_rgb: np.ndarray) -> SamEmbedding:
         if not self.use_cache:
@@ -194,7 +199,9 @@ class ClipSAMPredictor:
         rough = rough.float().cpu().numpy()
         sam = self.sam.model if self.profile.mmr.enabled else None
         steps = final_map_of(rough, self.profile.mmr, self.original_size, sam, self.embedding)
-        return ClipSAMPrediction(**vars(steps), class_name=class_name, rough_map=rough)
+        clip_score = global_score(self.global_embedding, text[0].cpu())
+        return ClipSAMPrediction(**vars(steps), class_name=class_name, rough_map=rough,
+                                 clip_score=clip_score)
 
 
 # -- rough maps -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from clipsam_lib.config import ProfileConfig
+from clipsam_lib.devices import device_name
 from clipsam_lib.paths import project_root
 
 
@@ -72,5 +73,6 @@ def provenance_columns(
         "weights": weights_identity(profile),
         "dataset_index_hash": dataset_index_hash or "",
         "protocol": protocol or profile.eval.protocol,
+        "device": device_name(profile.device),
         "date": _dt.date.today().isoformat(),
     }

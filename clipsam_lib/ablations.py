@@ -159,14 +159,23 @@ def run_variant(
 
     Each stage reuses what exists: a finished UMCI run is loaded, maps already written
     under their map key are read, so a variant that changes only ``eval.*`` evaluates
-    again without a UMCI forward or a SAM decoder call.
+    again without a UMCI forward or a SAM decoder call. With ``train.seeds`` the variant
+    runs once per seed (one VariantRun per seed and test set).
     """
+    base = as_workspace(workspace).variant(overrides)
+    seeds = base.profile.train.seeds or [base.profile.train.seed]
+    return [run for seed in seeds
+            for run in _run_seed(base.variant({"train.seed": seed}), label, direction,
+                                 progress)]
+
+
+def _run_seed(ws: Workspace, label: str, direction: Direction, progress: bool
+              ) -> list[VariantRun]:
     from clipsam_lib.evaluate import evaluate_maps, macro_mean
     from clipsam_lib.features import clip_score_lookup
     from clipsam_lib.pipeline import run_dataset
     from clipsam_lib.train import train_umci
 
-    ws = as_workspace(workspace).variant(overrides)
     variant = ws.profile
     runs = []
     trained = None
@@ -203,33 +212,58 @@ def _relabel(run: VariantRun, label: str) -> VariantRun:
     return dataclasses.replace(run, label=label)
 
 
-def table_rows(runs: Sequence[VariantRun]) -> pd.DataFrame:
-    """One row per run: variant, direction, metrics (fractions and %), provenance."""
-    rows = []
-    for run in runs:
-        row: dict[str, Any] = {
-            "variant": run.label,
-            "train": run.train_dataset,
-            "dataset": run.test_dataset,
-            "n_images": int(run.mean["n_images"]),
-        }
-        row.update({m: float(run.mean[m]) for m in (*METRICS, *IMAGE_METRICS)})
-        row.update({PERCENT[m]: 100.0 * float(run.mean[m]) for m in METRICS})
-        row.update({IMAGE_PERCENT[m]: 100.0 * float(run.mean[m]) for m in IMAGE_METRICS})
-        row["image_score"] = run.profile.eval.image_score
-        refined = [run.maps.regions(rec) for rec in run.records]
-        row["images_refined"] = f"{sum(r > 0 for r in refined)}/{len(refined)}"
-        row["regions_per_image"] = float(np.mean(refined)) if refined else 0.0
-        row["map_dir"] = _relative_to_results(run.profile, run.maps.dir)
-        row["note"] = run.mean.get("note", "")
-        row.update(provenance_columns(
-            run.profile,
-            protocol=run.profile.eval.protocol,
-            dataset_index_hash=run.index_hash,
-            config_hash=run.profile.hash(),
-        ))
-        rows.append(row)
-    return pd.DataFrame(rows)
+def table_rows(runs: Sequence[VariantRun], per_seed: bool = False) -> pd.DataFrame:
+    """One row per (variant, direction, test set): metrics (fractions and %), provenance.
+
+    Runs of several seeds (``train.seeds``) are averaged: the row holds the mean over
+    seeds, ``<metric>_std`` the sample standard deviation and ``seeds`` which ones;
+    ``per_seed`` gives one row per seed instead, with its ``seed``.
+    """
+    rows = [_run_row(run) for run in runs]
+    if per_seed or len({row["seed"] for row in rows}) <= 1:
+        return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    keys = ["variant", "train", "dataset"]
+    metrics = [*METRICS, *IMAGE_METRICS]
+    out = []
+    for _, group in frame.groupby(keys, sort=False):
+        row = group.iloc[0].to_dict()
+        for m in metrics:
+            row[m] = float(group[m].mean())
+            row[f"{m}_std"] = float(group[m].std(ddof=1)) if len(group) > 1 else float("nan")
+        row.update({PERCENT[m]: 100.0 * row[m] for m in METRICS})
+        row.update({IMAGE_PERCENT[m]: 100.0 * row[m] for m in IMAGE_METRICS})
+        row["seeds"] = ",".join(str(s) for s in group["seed"])
+        row["seed"] = "mean"
+        row["note"] = "; ".join(n for n in dict.fromkeys(group["note"]) if isinstance(n, str) and n)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _run_row(run: VariantRun) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "variant": run.label,
+        "train": run.train_dataset,
+        "dataset": run.test_dataset,
+        "seed": run.profile.train.seed,
+        "n_images": int(run.mean["n_images"]),
+    }
+    row.update({m: float(run.mean[m]) for m in (*METRICS, *IMAGE_METRICS)})
+    row.update({PERCENT[m]: 100.0 * float(run.mean[m]) for m in METRICS})
+    row.update({IMAGE_PERCENT[m]: 100.0 * float(run.mean[m]) for m in IMAGE_METRICS})
+    row["image_score"] = run.profile.eval.image_score
+    refined = [run.maps.regions(rec) for rec in run.records]
+    row["images_refined"] = f"{sum(r > 0 for r in refined)}/{len(refined)}"
+    row["regions_per_image"] = float(np.mean(refined)) if refined else 0.0
+    row["map_dir"] = _relative_to_results(run.profile, run.maps.dir)
+    row["note"] = run.mean.get("note", "")
+    row.update(provenance_columns(
+        run.profile,
+        protocol=run.profile.eval.protocol,
+        dataset_index_hash=run.index_hash,
+        config_hash=run.profile.hash(),
+    ))
+    return row
 
 
 def variant_rows(
@@ -240,14 +274,45 @@ def variant_rows(
     base: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Metrics rows of every (direction, variant): ``{label: overrides}`` on top of ``base``."""
+    return table_rows(variant_runs(workspace, variants, directions, progress, base))
+
+
+def variant_runs(
+    workspace: Workspace | ProfileConfig,
+    variants: dict[str, dict[str, Any]],
+    directions: Sequence[int | str] | None = None,
+    progress: bool = False,
+    base: dict[str, Any] | None = None,
+) -> list[VariantRun]:
+    """The runs of every (direction, variant, seed)."""
     ws = as_workspace(workspace)
-    runs = [
+    return [
         run
         for direction in select_directions(ws.profile, directions)
         for label, overrides in variants.items()
         for run in run_variant(ws, {**(base or {}), **overrides}, label, direction, progress)
     ]
-    return table_rows(runs)
+
+
+def write_rows(profile: ProfileConfig, runs: Sequence[VariantRun], name: str, caption: str,
+               shown: list[str] | None = None, rendered: pd.DataFrame | None = None
+               ) -> pd.DataFrame:
+    """Write the table of ``runs`` (seeds averaged) and, with several seeds, its per-seed
+    rows as ``<name>_per_seed``; returns the averaged table."""
+    from clipsam_lib.tables import write_table
+
+    table = table_rows(runs)
+    folder = paths.results_subdir(profile, "tables")
+    if "seeds" in table:
+        shown = shown and [*shown[:3], "seeds", *shown[3:], "P-AUROC std (%)"]
+        table["P-AUROC std (%)"] = 100.0 * table["pixel_auroc_std"]
+        caption += "; mean over seeds, std = sample standard deviation"
+        write_table(table_rows(runs, per_seed=True), folder / f"{name}_per_seed",
+                    caption=f"{caption} (one row per seed)", display_columns=shown and
+                    [c for c in shown if c not in ("seeds", "P-AUROC std (%)")] + ["seed"])
+    write_table(table, folder / name, caption=caption, display_columns=shown,
+                rendered=rendered)
+    return table
 
 
 def ablation_table(
@@ -263,24 +328,19 @@ def ablation_table(
     ``base``: overrides under every variant of the table (e.g. ``{"umci.enabled": False}``
     to study MMR on the CLIP baseline's maps); the caption says so.
     """
-    from clipsam_lib.tables import write_table
-
     ws = as_workspace(workspace)
     profile = ws.profile
     caption, variants = TABLES[name]
     base = base or {}
-    table = variant_rows(ws, variants, directions, progress, base)
-    if write:
-        shown = ["variant", "train", "dataset", *PERCENT.values(), "I-AUROC (%)",
-                 "image_score", "images_refined"]
-        on = f"; every row with {base}" if base else ""
-        write_table(
-            table, paths.results_subdir(profile, "tables") / name,
-            caption=f"{caption} ({profile.name} profile{on}; pixel metrics x100, "
-                    f"{profile.eval.protocol} protocol; {provenance_note(profile)})",
-            display_columns=shown,
-        )
-    return table
+    runs = variant_runs(ws, variants, directions, progress, base)
+    if not write:
+        return table_rows(runs)
+    shown = ["variant", "train", "dataset", *PERCENT.values(), "I-AUROC (%)",
+             "image_score", "images_refined"]
+    on = f"; every row with {base}" if base else ""
+    return write_rows(profile, runs, name, shown=shown,
+                      caption=f"{caption} ({profile.name} profile{on}; pixel metrics x100, "
+                              f"{profile.eval.protocol} protocol; {provenance_note(profile)})")
 
 
 def provenance_note(profile: ProfileConfig) -> str:

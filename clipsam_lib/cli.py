@@ -13,13 +13,17 @@ import sys
 from pathlib import Path
 
 DATASETS = ("mvtec", "visa", "mtd", "ksdd2")
+INDEXABLE = (*DATASETS, "folder")
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
     from clipsam_lib.data import default_meta_path, index_dataset
     from clipsam_lib.io_utils import write_json_atomic
 
-    meta = index_dataset(args.root, args.dataset, split=args.split)
+    folder = None
+    if args.dataset == "folder":
+        folder = {"normal": args.normal, "abnormal": args.abnormal.split(","), "masks": args.masks}
+    meta = index_dataset(args.root, args.dataset, split=args.split, folder=folder)
     out = Path(args.out) if args.out else default_meta_path(args.root, args.dataset, args.split)
     write_json_atomic(out, meta)
     counts = {split: sum(len(v) for v in meta[split].values()) for split in meta}
@@ -77,11 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="write meta.json for a dataset folder")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=INDEXABLE)
     p.add_argument("--root", required=True)
     p.add_argument("--split", default=None, help="ksdd2 only: test (official) or train (peer)")
     p.add_argument("--out", default=None,
                    help="default: <root>/meta.json (ksdd2 --split train: meta_peer.json)")
+    p.add_argument("--normal", default="good", help="folder layout: the normal images' folder")
+    p.add_argument("--abnormal", default="bad",
+                   help="folder layout: abnormal folders, comma-separated (bad1,bad2)")
+    p.add_argument("--masks", default=None,
+                   help="folder layout: the masks' folder (none: image-level evaluation only)")
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("download", help="download (or take --archive), verify sha256, extract")

@@ -51,7 +51,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "eval.pro_variant": ("linear200", "mvtec"),
     "eval.mask_binarization": ("raw", "luminance"),
     "eval.image_score": ("clip_global", "map_max", "clip_global+map_max"),
-    "datasets.layout": ("mvtec", "visa", "mtd", "ksdd2"),
+    "datasets.layout": ("mvtec", "visa", "mtd", "ksdd2", "folder"),
     "datasets.split": ("test", "train"),
 }
 # Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive, wording).
@@ -176,6 +176,13 @@ class TrainConfig:
     mosaic_layouts: tuple[str, ...] = ("mvtec",)  # mosaic only when training on these
     focal_gamma: float = 2.0
     max_images_per_class: int | None = None  # subset for fast profiles
+    # Seed variance: train (and evaluate) once per seed; tables report the mean and the
+    # standard deviation over seeds, the per-seed rows stay in the *_per_seed / long CSVs.
+    # None: the one seed above.
+    seeds: list[int] | None = None
+    # Also evaluate these epochs' checkpoints (notebook 04's final_epochs table), to show
+    # how much the epoch choice moves the numbers. None: the last epoch only.
+    eval_epochs: list[int] | None = None
     # RAM for the training tokens, kept in the cache's compact dtype (GiB); beyond it they
     # are read from the cache when used. None: half of the memory available at the start.
     token_memory_gb: float | None = None
@@ -217,6 +224,15 @@ class DatasetSpec:
     split: str = "test"  # ksdd2: "test" (official) or "train" (peer-compatible)
     classes: list[str] | None = None  # None = all
     synthetic: bool = False  # built by clipsam_lib.data.synthetic
+    # layout "folder" (your own data, anomalib's convention): sub-folders of the root
+    normal: str = "good"
+    abnormal: list[str] = field(default_factory=lambda: ["bad"])
+    masks: str | None = None  # None: no masks, image-level evaluation only
+
+    def folder_options(self) -> dict[str, Any] | None:
+        if self.layout != "folder":
+            return None
+        return {"normal": self.normal, "abnormal": list(self.abnormal), "masks": self.masks}
 
 
 @dataclass

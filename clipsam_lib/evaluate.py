@@ -116,7 +116,7 @@ def protocol_mask(
         path = dataset_root / rec["mask_path"]
         mask = read_mask(path, cfg.mask_threshold, cfg.mask_binarization)  # bad -> DatasetError
         check_mask_matches((height, width), mask, path)
-    elif rec.get("anomaly"):
+    elif rec.get("anomaly") and not rec.get("mask_free"):
         raise ValueError(
             f"{rec['img_path']} is labelled anomalous but has no mask_path; rebuild the "
             "dataset index (`clipsam index`) or drop the record."
@@ -221,9 +221,12 @@ def _evaluate_class(
     clip = None if clip_scores is None else np.array([float(clip_scores(r)) for r in recs])
     scores = image_scores(cfg.image_score, np.array([m.max() for m in maps], float), clip)
 
+    mask_free = any(rec.get("mask_free") for rec in recs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pixel = segmentation_metrics(masks, maps, pro_variant="both", fpr_limit=cfg.fpr_limit)
+        pixel = (dict.fromkeys(("auroc", "ap", "f1_max", "pro_linear200", "pro_mvtec"),
+                               float("nan")) if mask_free else
+                 segmentation_metrics(masks, maps, pro_variant="both", fpr_limit=cfg.fpr_limit))
     image = image_metrics(labels, np.array(scores))
     variant = "mvtec" if cfg.protocol == "mvtec" else cfg.pro_variant
     row = {
@@ -247,7 +250,11 @@ def _evaluate_class(
         "fpr_limit": float(cfg.fpr_limit),
         "image_score": cfg.image_score,
     }
-    row["note"] = _nan_note(row, masks, labels, [str(w.message) for w in caught])
+    if mask_free:
+        no_masks = "pixel metrics NaN: the dataset has no masks (image-level metrics only)"
+        row["note"] = "; ".join([no_masks, *_image_notes(labels)])
+    else:
+        row["note"] = _nan_note(row, masks, labels, [str(w.message) for w in caught])
     if row["note"]:
         warnings.warn(f"class {cls}: {row['note']}", stacklevel=3)
     return row
@@ -284,11 +291,15 @@ def _nan_note(
     elif np.isnan(row["pixel_pro_linear200"]):
         detail = next((m for m in caught if "linear200" in m), "undefined")
         reasons.append(f"pixel_pro_linear200 NaN: {detail}")
+    return "; ".join(reasons + _image_notes(labels))
+
+
+def _image_notes(labels: np.ndarray) -> list[str]:
     if not labels.any():
-        reasons.append("image metrics NaN: no anomalous image")
-    elif labels.all():
-        reasons.append("image AUROC NaN: no normal image")
-    return "; ".join(reasons)
+        return ["image metrics NaN: no anomalous image"]
+    if labels.all():
+        return ["image AUROC NaN: no normal image"]
+    return []
 
 
 def macro_mean(table: pd.DataFrame) -> pd.DataFrame:

@@ -56,9 +56,11 @@ def run_final(workspace: Workspace | ProfileConfig, progress: bool = False) -> l
     return runs
 
 
-def summary_rows(profile: ProfileConfig, runs: list[Any]) -> pd.DataFrame:
-    """Macro means per run with the dataset layout and the table label."""
-    rows = table_rows(runs)
+def summary_rows(profile: ProfileConfig, runs: list[Any], per_seed: bool = False
+                 ) -> pd.DataFrame:
+    """Macro means per run (averaged over ``train.seeds`` unless ``per_seed``) with the
+    dataset layout and the table label."""
+    rows = table_rows(runs, per_seed=per_seed)
     rows["layout"] = [profile.dataset(name).layout for name in rows["dataset"]]
     rows["label"] = rows["variant"]
     return rows
@@ -68,9 +70,11 @@ def _is_generalization(profile: ProfileConfig, dataset: str) -> bool:
     return any(dataset in d.generalization for d in profile.directions)
 
 
-def write_main_tables(profile: ProfileConfig, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def write_main_tables(profile: ProfileConfig, summary: pd.DataFrame,
+                      per_seed: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Main table (MVTec AD + VisA layouts) and generalization table (MTD + KSDD2), each
-    under both PRO variants, as CSV/Markdown/LaTeX; the long forms keep every source."""
+    under both PRO variants, as CSV/Markdown/LaTeX; the long forms keep every source and,
+    given ``per_seed`` (``summary_rows(..., per_seed=True)``), this run's per-seed rows."""
     tables_dir = paths.results_subdir(profile, "tables")
     written = {}
     parts = {
@@ -84,6 +88,11 @@ def write_main_tables(profile: ProfileConfig, summary: pd.DataFrame) -> dict[str
         for variant in ("linear200", "mvtec"):
             long = comparison_long(part, pro_column=f"pixel_pro_{variant}")
             wide = comparison_wide(long)
+            if per_seed is not None and "seeds" in part:
+                seeds_long = comparison_long(per_seed[per_seed["dataset"].isin(part["dataset"])],
+                                             pro_column=f"pixel_pro_{variant}")
+                long = pd.concat([long, seeds_long[seeds_long["status"] == "this run"]],
+                                 ignore_index=True)
             name = f"{stem}_pro_{variant}"
             caption = (
                 f"{'Zero-shot segmentation' if stem == 'final_main' else 'Generalization'}: "
@@ -100,13 +109,55 @@ def write_main_tables(profile: ProfileConfig, summary: pd.DataFrame) -> dict[str
     return written
 
 
+def write_epoch_table(workspace: Workspace | ProfileConfig, progress: bool = False
+                      ) -> pd.DataFrame | None:
+    """ClipSAM with the checkpoints of ``train.eval_epochs`` (and the last epoch) on every
+    direction's test sets -> ``final_epochs``: how much the epoch choice moves the numbers.
+    None when the profile asks for no epochs."""
+    from clipsam_lib.ablations import IMAGE_METRICS, METRICS
+    from clipsam_lib.pipeline import run_dataset
+    from clipsam_lib.train import train_umci
+
+    ws = as_workspace(workspace)
+    profile = ws.profile
+    if not profile.train.eval_epochs:
+        return None
+    rows = []
+    for direction in profile.directions:
+        trained = train_umci(ws, direction.train, progress=progress)
+        for epoch in sorted({*profile.train.eval_epochs, trained.epochs}):
+            checkpoint = trained.run_dir / f"epoch_{epoch:03d}.pt"
+            if epoch > trained.epochs or not checkpoint.is_file():
+                raise ValueError(f"train.eval_epochs asks for epoch {epoch}, but the run "
+                                 f"{trained.run_dir} has {trained.epochs}; lower it.")
+            for test in direction.test:
+                records = ws.eval_records(test)
+                maps = run_dataset(ws, checkpoint, test, records, progress=progress)
+                per_class = evaluate_maps(records, ws.dataset(test).root, maps, profile.eval,
+                                          profile.clip.image_size, test,
+                                          clip_scores=clip_score_lookup(profile, test, records))
+                mean = macro_mean(per_class).iloc[0]
+                rows.append({"train": direction.train, "dataset": test, "epoch": epoch,
+                             "last": epoch == trained.epochs,
+                             **{m: float(mean[m]) for m in (*METRICS, *IMAGE_METRICS)},
+                             "note": mean.get("note", "")})
+    table = pd.DataFrame(rows)
+    shown = table.copy()
+    metric_columns = [c for c in shown.columns if c.startswith(("pixel_", "image_"))]
+    shown[metric_columns] = 100.0 * shown[metric_columns]
+    write_table(table, paths.results_subdir(profile, "tables") / "final_epochs", rendered=shown,
+                caption="ClipSAM by training epoch (train.eval_epochs), metrics in %")
+    return table
+
+
 def write_per_category(profile: ProfileConfig, runs: list[Any]) -> dict[str, pd.DataFrame]:
     """One per-class table per evaluated dataset for the full ClipSAM."""
     tables_dir = paths.results_subdir(profile, "tables")
     written = {}
+    first_seed = (profile.train.seeds or [profile.train.seed])[0]
     for run in runs:
-        if run.label != our_label(profile, "ClipSAM"):
-            continue
+        if run.label != our_label(profile, "ClipSAM") or run.profile.train.seed != first_seed:
+            continue  # with several seeds: the first seed's classes
         table = per_category(pd.concat([run.per_class, macro_mean(run.per_class)]))
         name = f"final_per_category_{run.test_dataset}"
         write_table(table, tables_dir / name, caption=(
@@ -133,7 +184,8 @@ def write_protocol_comparison(profile: ProfileConfig, runs: list[Any]) -> pd.Dat
                     run.test_dataset,
                     clip_scores=clip_score_lookup(profile, run.test_dataset, records))
             mean = macro_mean(per_class).iloc[0]
-            rows.append({"dataset": run.test_dataset, "protocol": protocol,
+            rows.append({"dataset": run.test_dataset, "seed": run.profile.train.seed,
+                         "protocol": protocol,
                          "resolution": mean["resolution"],
                          **{m: 100.0 * float(mean[m]) for m in (
                              "pixel_auroc", "pixel_f1_max", "pixel_ap",

@@ -14,10 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from clipsam_lib import paths
-from clipsam_lib.ablations import provenance_note, variant_rows
+from clipsam_lib.ablations import provenance_note, table_rows, variant_runs, write_rows
 from clipsam_lib.config import ProfileConfig
-from clipsam_lib.tables import write_table
 from clipsam_lib.workspace import Workspace, as_workspace
 
 SHORT = {"pixel_auroc": "AUROC", "pixel_f1_max": "F1-max", "pixel_ap": "AP",
@@ -66,11 +64,9 @@ def sweep_table(
     ws = as_workspace(workspace)
     profile = ws.profile
     caption, variants = sweeps(profile)[name]
-    rows = variant_rows(ws, variants, directions, progress)
-    write_table(
-        rows, paths.results_subdir(profile, "tables") / name,
+    runs = variant_runs(ws, variants, directions, progress)
+    return write_rows(
+        profile, runs, name, rendered=paper_layout(table_rows(runs)),
         caption=f"{caption}: pixel metrics in % per test dataset ({profile.name} profile, "
                 f"{profile.eval.protocol} protocol; {provenance_note(profile)})",
-        rendered=paper_layout(rows),
     )
-    return rows

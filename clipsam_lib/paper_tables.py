@@ -96,6 +96,7 @@ def comparison_long(ours: pd.DataFrame, pro_column: str = "pixel_pro_linear200")
                 "source": f"{row['weights']}; commit {row['git_commit']}",
                 "note": row.get("note") if isinstance(row.get("note"), str) else "",
                 "image_score": row.get("image_score", "") if metric in IMAGE_METRICS else "",
+                "seed": row.get("seed", ""),
                 **{k: row[k] for k in PROVENANCE if k in row},
             })
     return pd.DataFrame(rows)

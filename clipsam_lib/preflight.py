@@ -153,7 +153,8 @@ def _check_datasets(profile: ProfileConfig, report: Preflight, deep: bool) -> di
         try:
             index = load_or_build_index(root, spec.layout, spec.split,
                                         mask_threshold=profile.eval.mask_threshold,
-                                        fallback_dir=paths.index_fallback_dir(profile))
+                                        fallback_dir=paths.index_fallback_dir(profile),
+                                        folder=spec.folder_options())
             recs = records(index, "test", spec.classes)
             if deep:
                 _decode_all(root, recs, profile)

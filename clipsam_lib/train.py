@@ -213,8 +213,12 @@ def _load_training_set(folder: Path, side: int, key: str) -> TrainingSet:
 def _target_mask(root: Path, rec: dict[str, Any], eval_cfg: EvalConfig) -> np.ndarray:
     """The record's mask as uint8 0/255 at its image size (zeros for normal images),
     binarized as the evaluation does (``eval.mask_threshold``, ``eval.mask_binarization``)."""
-    from clipsam_lib.data.io import read_mask
+    from clipsam_lib.data.io import DatasetError, read_mask
 
+    if rec.get("mask_free") and rec.get("anomaly"):
+        raise DatasetError(
+            f"{rec['img_path']} is anomalous but its dataset has no masks, so UMCI cannot be "
+            "trained on it: use it as a test set (image-level metrics), or give its masks.")
     if not rec.get("mask_path"):
         return np.zeros((rec["height"], rec["width"]), np.uint8)
     mask = read_mask(root / rec["mask_path"], eval_cfg.mask_threshold, eval_cfg.mask_binarization)
@@ -283,7 +287,7 @@ def run_key(workspace: Workspace | ProfileConfig, train_dataset: str) -> str:
     ws = as_workspace(workspace)
     profile = ws.profile
     train_cfg = dataclasses.asdict(profile.train)
-    for not_weights in ("epochs", "token_memory_gb"):
+    for not_weights in ("epochs", "token_memory_gb", "seeds", "eval_epochs"):
         train_cfg.pop(not_weights)
     recs = ws.train_records(train_dataset)
     blob = {

@@ -106,11 +106,13 @@ class Workspace:
         spec = self.profile.dataset(name)
         root = paths.dataset_root(self.profile, name)
         threshold = self.profile.eval.mask_threshold
-        key = json.dumps([name, spec.layout, spec.split, str(root), spec.classes, threshold])
+        key = json.dumps([name, spec.layout, spec.split, str(root), spec.classes, threshold,
+                          spec.folder_options()])
         if key not in self._shared.datasets:
             index = load_or_build_index(
                 root, spec.layout, spec.split, mask_threshold=threshold,
                 fallback_dir=paths.index_fallback_dir(self.profile),  # read-only roots
+                folder=spec.folder_options(),
             )
             self._shared.datasets[key] = DatasetHandle(name, spec, root, index,
                                                        index_hash(index), threshold)

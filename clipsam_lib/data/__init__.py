@@ -31,7 +31,7 @@ __all__ = [
     "records",
 ]
 
-DATASETS = ("mvtec", "visa", "mtd", "ksdd2")
+DATASETS = ("mvtec", "visa", "mtd", "ksdd2", "folder")
 SPLITS = ("train", "test")
 
 
@@ -54,17 +54,21 @@ def _check_root(root: Path, dataset: str) -> None:
 
 
 def index_dataset(
-    root: str | Path, dataset: str, split: str | None = None, *, mask_threshold: float = 0.0
+    root: str | Path, dataset: str, split: str | None = None, *, mask_threshold: float = 0.0,
+    folder: dict[str, Any] | None = None,
 ) -> Index:
-    """Index the tree at ``root`` in the ``dataset`` layout (mvtec, visa, mtd, ksdd2).
+    """Index the tree at ``root`` in the ``dataset`` layout (mvtec, visa, mtd, ksdd2, folder).
 
     ``split`` matters for KSDD2 only: "test" (official, default) or "train" (the
     peer-compatible variant); the other layouts accept None or "test".
     ``mask_threshold`` is the MTD/KSDD2 labelling threshold (mask value > threshold).
+    ``folder``: the folder layout's options (normal, abnormal, masks, class_name).
     Raises DatasetError (one sentence, naming the path and the fix) on a bad tree.
     """
     root = Path(root).expanduser()
     _check_root(root, dataset)
+    if dataset == "folder":
+        return layouts.index_folder(root, **(folder or {}))
     if dataset == "ksdd2":
         return layouts.index_ksdd2(root, split or "test", mask_threshold)
     if split not in (None, "test"):
@@ -106,6 +110,7 @@ def load_or_build_index(
     rebuild: bool = False,
     mask_threshold: float = 0.0,
     fallback_dir: str | Path | None = None,
+    folder: dict[str, Any] | None = None,
 ) -> Index:
     """The index stored at ``cache_path`` (default ``default_meta_path``), else build it.
 
@@ -121,11 +126,13 @@ def load_or_build_index(
     candidates = [path]
     if fallback_dir is not None:
         candidates.append(_fallback_path(Path(fallback_dir), root, dataset, split))
-    for candidate in candidates if not rebuild else []:
+    # A folder dataset's index depends on its options, which meta.json does not record:
+    # it is indexed again on every call (headers only).
+    for candidate in candidates if not rebuild and dataset != "folder" else []:
         stored = _read_index(candidate)
         if _matches_request(stored, dataset, split, mask_threshold):
             return stored
-    index = index_dataset(root, dataset, split, mask_threshold=mask_threshold)
+    index = index_dataset(root, dataset, split, mask_threshold=mask_threshold, folder=folder)
     for candidate in candidates:
         try:
             write_json_atomic(candidate, index)

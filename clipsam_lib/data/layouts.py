@@ -284,3 +284,59 @@ def index_ksdd2(root: Path, split: str = "test", mask_threshold: float = 0.0) ->
     if split == "train":
         return {"train": {}, "test": {"ksdd2": folder("train")}}
     return {"train": {"ksdd2": folder("train")}, "test": {"ksdd2": folder("test")}}
+
+
+# -- folder (anomalib's convention: your own data) -------------------------------------------
+FOLDER_DEFAULTS = {"normal": "good", "abnormal": ("bad",), "masks": None}
+
+
+def index_folder(
+    root: Path,
+    normal: str = "good",
+    abnormal: tuple[str, ...] | list[str] = ("bad",),
+    masks: str | None = None,
+    class_name: str | None = None,
+) -> Index:
+    """``<root>/<normal>/*``, ``<root>/<abnormal>/*`` for each abnormal folder, and optional
+    masks ``<root>/<masks>/[<abnormal>/]<stem>[_mask].<ext>`` paired by stem.
+
+    One class, named ``class_name`` or the root folder's name; the abnormal folder is each
+    image's defect type. Without masks every record is ``mask_free``: the evaluation then
+    gives image-level metrics only (and says so), and the set cannot be trained on.
+    """
+    cls = class_name or root.name
+    folders = {"normal": root / normal, **{name: root / name for name in abnormal}}
+    for folder in folders.values():
+        if not folder.is_dir():
+            raise DatasetError(
+                f"{folder} does not exist: the folder layout expects <root>/{normal}/ for normal "
+                f"images and <root>/<name>/ for each abnormal folder ({', '.join(abnormal)}); "
+                "fix --normal/--abnormal (or the profile's normal/abnormal).")
+    mask_root = root / masks if masks else None
+    if mask_root is not None and not mask_root.is_dir():
+        raise DatasetError(f"Mask folder {mask_root} does not exist; fix --masks (or drop it "
+                           "for image-level evaluation only).")
+    extra = {} if mask_root is not None else {"mask_free": True}
+    records = [_record(root, p, None, cls, "", **extra) for p in _images_in(folders["normal"])]
+    for name in abnormal:
+        for image in _images_in(root / name):
+            mask = _folder_mask(mask_root, name, image) if mask_root is not None else None
+            if mask_root is not None and mask is None:
+                raise DatasetError(
+                    f"Mask of {image} not found in {mask_root} (looked for {image.stem}.* and "
+                    f"{image.stem}_mask.*, also under {name}/); add it, or drop --masks.")
+            record = _record(root, image, mask, cls, name, **extra)
+            record["anomaly"] = 1  # labelled by its folder, with or without a mask
+            records.append(record)
+    if not records:
+        raise DatasetError(f"{root} holds no image in {', '.join(map(str, folders.values()))}.")
+    return {"train": {cls: []}, "test": {cls: sorted(records, key=lambda r: r["img_path"])}}
+
+
+def _folder_mask(mask_root: Path, abnormal: str, image: Path) -> Path | None:
+    for folder in (mask_root / abnormal, mask_root):
+        for stem in (image.stem, f"{image.stem}_mask"):
+            for candidate in _images_in(folder) if folder.is_dir() else []:
+                if candidate.stem == stem:
+                    return candidate
+    return None

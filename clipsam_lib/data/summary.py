@@ -32,7 +32,8 @@ def prepare_datasets(
         root = paths.dataset_root(profile, spec.name)
         index = load_or_build_index(root, spec.layout, spec.split, rebuild=rebuild,
                                     mask_threshold=profile.eval.mask_threshold,
-                                    fallback_dir=index_fallback_dir(profile))
+                                    fallback_dir=index_fallback_dir(profile),
+                                    folder=spec.folder_options())
         prepared[spec.name] = (root, select_classes(index, spec.classes))
     return prepared
 

@@ -54,7 +54,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "datasets.layout": ("mvtec", "visa", "mtd", "ksdd2", "folder"),
     "datasets.split": ("test", "train"),
 }
-# Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive, wording).
+# Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive).
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "clip.image_size": (1, float("inf"), True, True),
     "umci.hidden_dim": (1, float("inf"), True, True),

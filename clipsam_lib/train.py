@@ -471,9 +471,16 @@ def _resume(folder: Path, umci: UMCI, optimizer: torch.optim.Optimizer, epochs: 
     state = _load_or_none(last)
     if state is None:
         return _resume_from_epoch_file(folder, umci, epochs, last)
-    if state["epoch"] > epochs:  # fewer epochs asked than done: start from that epoch's weights
-        state = torch.load(folder / f"epoch_{epochs:03d}.pt", map_location="cpu", weights_only=True)
-        umci.load_state_dict(state["umci"])
+    if state["epoch"] > epochs:  # fewer epochs asked than done: that epoch's weights, if kept
+        kept = _load_or_none(folder / f"epoch_{epochs:03d}.pt")
+        if kept is None:
+            warnings.warn(f"{folder} trained {state['epoch']} epochs and kept no checkpoint of "
+                          f"epoch {epochs} (train.eval_epochs keeps chosen ones); training "
+                          "again from the start.", stacklevel=3)
+            for path in [folder / "last.pt", *folder.glob("epoch_*.pt")]:
+                path.unlink(missing_ok=True)
+            return 0
+        umci.load_state_dict(kept["umci"])
         return epochs
     umci.load_state_dict(state["umci"])
     optimizer.load_state_dict(state["optimizer"])
@@ -505,6 +512,16 @@ def _save_epoch(folder, profile, umci, optimizer, epoch: int, losses: pd.DataFra
     _save_state(folder / f"epoch_{epoch:03d}.pt", profile, umci, None, epoch)
     write_text_atomic(folder / "losses.csv", losses.to_csv(index=False))
     _save_state(folder / "last.pt", profile, umci, optimizer, epoch)  # last: marks the epoch done
+    _prune_epochs(folder, epoch, profile.train.eval_epochs or [])
+
+
+def _prune_epochs(folder: Path, newest: int, keep: list[int]) -> None:
+    """Keep the newest epoch file (the fallback of an unreadable last.pt) and the epochs
+    ``train.eval_epochs`` asks for; a paper-size UMCI is ~230 MB a file, 15 epochs a run."""
+    for path in folder.glob("epoch_*.pt"):
+        epoch = int(path.stem.split("_")[1])
+        if epoch != newest and epoch not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _saved_epoch(path: Path) -> int | None:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from clipsam_lib.config import DatasetSpec, ProfileConfig, load_profile
+from clipsam_lib.config import ProfileConfig, load_profile
 
 SOURCE_CLASSES = [("felt", (1.0, 0.6, 0.3), 3.0), ("moss", (0.4, 1.0, 0.5), 6.0)]
 OTHER_CLASSES = [("slate", (0.5, 0.6, 1.0), 2.0), ("sand", (1.0, 0.9, 0.6), 8.0)]
@@ -78,13 +78,13 @@ def tiny_profile(tmp: Path, **overrides) -> ProfileConfig:
         "train.mosaic_rate": 0.0,
         **overrides,
     }
-    profile = load_profile(
+    return load_profile(
         "smoke",
         data_dir=str(tmp),
         cache_dir=str(tmp / "cache"),
         results_dir=str(tmp / "results"),
+        datasets=[{"name": "src", "layout": "mvtec", "root": "src"},
+                  {"name": "dst", "layout": "mvtec", "root": "dst"}],
+        directions=[],
         **settings,
     )
-    profile.datasets = [DatasetSpec("src", "mvtec", "src"), DatasetSpec("dst", "mvtec", "dst")]
-    profile.directions = []
-    return profile

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-
 from synthetic_defects import tiny_profile
 
 from clipsam_lib import cli, train
@@ -106,7 +105,7 @@ def test_input_errors_are_one_line(trained, tmp_path):
 
 
 def test_cli_predict_uses_the_profiles_trained_umci(trained, tmp_path, monkeypatch, capsys):
-    profile, checkpoint = trained
+    profile, _checkpoint = trained
     _user_images(tmp_path / "mine")
     monkeypatch.setattr("clipsam_lib.config.load_profile", lambda name: profile.replace(
         directions=[{"train": "src", "test": ["dst"]}]))

@@ -8,7 +8,6 @@ import warnings
 
 import pandas as pd
 import pytest
-
 from synthetic_defects import tiny_profile
 
 from clipsam_lib import ablations, final_tables, paths

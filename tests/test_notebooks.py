@@ -153,3 +153,16 @@ def test_rerun_from_a_later_notebook_reuses_finished_work(results):
     first = json.loads((folder / "notebooks" / "run_log.json").read_text())
     assert first["notebooks"][0]["name"] == "04_final_tables.ipynb"
     assert runs[0].seconds < 120  # evaluates the maps it wrote; trains and decodes nothing
+
+
+def test_the_your_images_notebook_wrote_every_output(results):
+    folder, _ = results
+    predictions = folder / "predictions"
+    summaries = sorted(predictions.glob("*.json"))
+    assert summaries, "notebook 05 wrote no prediction"
+    for summary in summaries:
+        data = json.loads(summary.read_text())
+        stem = summary.with_suffix("")
+        assert stem.with_suffix(".tiff").is_file() and stem.with_suffix(".npy").is_file()
+        assert (predictions / f"{stem.name}_overlay.png").is_file()
+        assert data["umci_source"].startswith("trained on") and "random-init" in data["weights"]

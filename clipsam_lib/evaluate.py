@@ -28,7 +28,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from clipsam_lib.config import EvalConfig
+from clipsam_lib.config import CHOICES, EvalConfig
 from clipsam_lib.data.io import check_mask_matches, read_mask
 from clipsam_lib.io_utils import atomic_path
 from clipsam_lib.metrics import image_metrics, segmentation_metrics
@@ -36,8 +36,8 @@ from clipsam_lib.metrics import image_metrics, segmentation_metrics
 Record = dict[str, Any]
 GetMap = Callable[[Record], Any]
 
-PROTOCOLS = ("peer", "mvtec")
-IMAGE_SCORES = ("clip_global", "map_max", "clip_global+map_max")
+PROTOCOLS = CHOICES["eval.protocol"]
+IMAGE_SCORES = CHOICES["eval.image_score"]
 METRIC_COLUMNS = (
     "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_pro", "pixel_pro_linear200",
     "pixel_pro_mvtec", "image_auroc", "image_ap", "image_f1_max",

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from clipsam_lib.config import CHOICES
 from clipsam_lib.errors import UserError
 
 
@@ -79,7 +80,7 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-MASK_BINARIZATIONS = ("raw", "luminance")
+MASK_BINARIZATIONS = CHOICES["eval.mask_binarization"]
 
 
 def read_mask(path: str | Path, threshold: float = 0.0, binarization: str = "raw") -> np.ndarray:

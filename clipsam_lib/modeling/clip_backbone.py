@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipsam_lib.config import CONFIG_DIR, ClipConfig
+from clipsam_lib.config import CHOICES, CONFIG_DIR, ClipConfig
 from clipsam_lib.devices import resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS, text_prompts
@@ -46,7 +46,7 @@ open_clip.add_model_config(CONFIG_DIR)
 OPENAI_MEAN = open_clip.OPENAI_DATASET_MEAN
 OPENAI_STD = open_clip.OPENAI_DATASET_STD
 PREPROCESS_ID = "pil-bicubic-squash|openai-mean-std"
-DTYPES = ("fp32", "bf16")
+DTYPES = CHOICES["clip.dtype"]
 _TEXT_BATCH = 128
 
 
@@ -58,7 +58,7 @@ def pretrained_tag_config(cfg: ClipConfig) -> dict[str, Any] | None:
     return tag_cfg or None
 
 
-ACTIVATIONS = ("peer", "as_trained", "quick_gelu", "gelu")
+ACTIVATIONS = CHOICES["clip.activation"]
 
 
 def _openai_weights(cfg: ClipConfig) -> bool:

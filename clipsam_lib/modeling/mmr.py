@@ -29,11 +29,11 @@ from scipy import ndimage
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from clipsam_lib.config import MMRConfig
+from clipsam_lib.config import CHOICES, MMRConfig
 from clipsam_lib.modeling.sam_backbone import SamEmbedding
 
-PROMPT_MODES = ("point", "box", "point+box")
-FUSIONS = ("A", "B", "C")
+PROMPT_MODES = CHOICES["mmr.prompt_mode"]
+FUSIONS = CHOICES["mmr.fusion"]
 
 # Measured (bench/mmr.py and 8 smoke images with 108 regions, 2 shared CPU cores): on an
 # idle CPU one decoder call per prompt is 10-25% faster than one batched call (the batched
@@ -79,7 +79,7 @@ def resize_map(score_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(score_map, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-THRESHOLD_MODES = ("absolute", "relative")
+THRESHOLD_MODES = CHOICES["mmr.threshold_mode"]
 
 
 def binarize(score_map: np.ndarray, threshold: float, mode: str = "absolute") -> np.ndarray:

@@ -111,8 +111,9 @@ class FeatureCache:
 
 
 # -- CLIP: stage tokens and text features ---------------------------------------------------
-# Entries of the CLIP cache: ``{"tokens": [n_stages, g*g, C], "global": [D]}`` per image
-# (keyed by content hash, resolution and backbone dtype; "global" is the image embedding) and ``{"text": [2, D]}`` per displayed class name.
+# Entries of the CLIP cache, per image (keyed by content hash, resolution and backbone
+# dtype): ``{"tokens": [n_stages, g*g, C]}`` and, in an entry of its own so that image
+# scores never load the ~11 MB of tokens, ``{"global": [D]}`` (the image embedding) and ``{"text": [2, D]}`` per displayed class name.
 # A per-dataset manifest maps image paths to content hashes (checked against file size and
 # mtime), so readers find an image's entry without decoding the image again.
 
@@ -163,8 +164,17 @@ class ClipFeatureStore:
     # -- keys ------------------------------------------------------------------------------
     def tokens_key(self, image_key: str) -> str:
         return self.cache.key(
-            image_key, kind="clip_tokens+global", size=self.cfg.image_size, dtype=self.cfg.dtype
+            image_key, kind="clip_tokens", size=self.cfg.image_size, dtype=self.cfg.dtype
         )
+
+    def global_key(self, image_key: str) -> str:
+        return self.cache.key(
+            image_key, kind="clip_global", size=self.cfg.image_size, dtype=self.cfg.dtype
+        )
+
+    def has_image(self, image_key: str) -> bool:
+        """Both entries of an image (tokens, global embedding) are cached."""
+        return self.tokens_key(image_key) in self.cache and self.global_key(image_key) in self.cache
 
     def text_key(self, class_name: str) -> str:
         shown = text_prompts.display_name(
@@ -196,18 +206,18 @@ class ClipFeatureStore:
 
     def global_for_key(self, image_key: str) -> torch.Tensor | None:
         """Float32 ``[D]`` global image embedding, or None when not cached."""
-        entry = self.cache.get(self.tokens_key(image_key))
+        entry = self.cache.get(self.global_key(image_key))
         return None if entry is None else entry["global"].float()
 
     def global_embedding(self, dataset_name: str, rec: dict[str, Any]) -> torch.Tensor:
         """Float32 ``[D]`` global image embedding of a record's image (raises if absent)."""
-        entry = self.cache.get(self.tokens_key(self.image_key(dataset_name, rec)))
+        entry = self.global_for_key(self.image_key(dataset_name, rec))
         if entry is None:
             raise KeyError(
                 f"CLIP features of {dataset_name}/{rec['img_path']} are not in the cache "
                 f"{self.cache.dir}; run features.extract_clip_features first."
             )
-        return entry["global"].float()
+        return entry
 
     def tokens(self, dataset_name: str, rec: dict[str, Any]) -> list[torch.Tensor]:
         """Float32 ``[g*g, C]`` per stage of a record's image (raises if not extracted)."""
@@ -348,13 +358,13 @@ def extract_clip_features(
     for rec in tqdm(records, desc=f"CLIP {dataset_name}", disable=not progress, unit="img"):
         path = root / rec["img_path"]
         key = store._known_hash(dataset_name, path, rec["img_path"])
-        if key is not None and store.tokens_key(key) in store.cache:
+        if key is not None and store.has_image(key):
             cached += 1
             continue
         image = read_rgb(path)
         key = image_hash(image)
         store.remember(dataset_name, rec["img_path"], path, key)
-        if store.tokens_key(key) in store.cache:
+        if store.has_image(key):
             cached += 1
             continue
         batch.append((key, image))
@@ -384,7 +394,7 @@ def cache_clip_images(
     store = ClipFeatureStore(profile)
     lazy = _clip_source(profile, backbone)
     keys = [image_hash(image) for image in images]
-    todo = [(k, im) for k, im in zip(keys, images) if store.tokens_key(k) not in store.cache]
+    todo = [(k, im) for k, im in zip(keys, images) if not store.has_image(k)]
     todo = list(dict(todo).items())  # identical images once
     for start in tqdm(range(0, len(todo), batch_size), desc="CLIP images", disable=not progress):
         _encode_and_store(store, lazy.get(), todo[start:start + batch_size])
@@ -410,7 +420,8 @@ def _encode_and_store(
     stages, global_embedding = backbone.encode_images(pixels)
     stages = torch.stack(stages, dim=1)  # [B, n_stages, g*g, C]
     for (key, _), tokens, embedding in zip(batch, stages, global_embedding):
-        store.cache.put(store.tokens_key(key), {"tokens": tokens, "global": embedding})
+        store.cache.put(store.tokens_key(key), {"tokens": tokens})
+        store.cache.put(store.global_key(key), {"global": embedding})
     return len(batch)
 
 

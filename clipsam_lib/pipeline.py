@@ -159,7 +159,7 @@ class ClipSAMPredictor:
                 self.clip.preprocess(image_rgb)[None])
             return [t[0] for t in stages], global_embedding[0]
         key = image_hash(image_rgb)
-        if self.clip_store.stored_tokens(key) is None:
+        if not self.clip_store.has_image(key):
             cache_clip_images(self.profile, [image_rgb], backbone=self.workspace.clip)
         return self.clip_store.tokens_for_key(key), self.clip_store.global_for_key(key)
 

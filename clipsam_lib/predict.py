@@ -16,7 +16,6 @@ used, and the result says which.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from clipsam_lib.config import ProfileConfig
 from clipsam_lib.data.io import DatasetError, read_image_rgb
 from clipsam_lib.errors import DiskError, UserError
 from clipsam_lib.io_utils import atomic_path, write_json_atomic
+from clipsam_lib.provenance import weights_identity
 from clipsam_lib.workspace import Workspace, as_workspace
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -206,7 +206,7 @@ def _write_outputs(path: Path, stem: Path, result: Any, class_name: str, run: Pr
         "image": str(path), "class_name": class_name,
         "size": [int(final.shape[0]), int(final.shape[1])],
         "umci": str(run.umci), "umci_source": run.umci_source,
-        "weights": _weights(profile),
+        "weights": weights_identity(profile),
         "image_score": scores[used], "image_score_kind": used, "image_scores": scores,
         "prompts": {"boxes": result.prompts.boxes.tolist(),
                     "points": result.prompts.points.tolist(), "mode": profile.mmr.prompt_mode},
@@ -216,16 +216,6 @@ def _write_outputs(path: Path, stem: Path, result: Any, class_name: str, run: Pr
     return PredictionFiles(path, tiff, npy, overlay, summary, scores[used])
 
 
-def _weights(profile: ProfileConfig) -> str:
-    from clipsam_lib.provenance import weights_identity
-
-    return weights_identity(profile)
-
-
-def read_summary(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
-
-
 __all__ = ["PredictionFiles", "PredictionRun", "benchmark_examples", "collect_images",
            "default_umci",
-           "predict_images", "read_summary"]
+           "predict_images"]

@@ -146,7 +146,7 @@ def _check_datasets(profile: ProfileConfig, report: Preflight, deep: bool) -> di
     images: dict[str, int] = {}
     for spec in profile.datasets:
         root = paths.dataset_root(profile, spec.name)
-        _remove_staging(root, report)
+        report.cleaned += remove_stale_staging(root)
         if spec.synthetic and not root.is_dir():
             report.datasets.append(f"{spec.name}: {root} (synthetic, built by notebook 00)")
             continue
@@ -177,10 +177,6 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
         if rec.get("mask_path"):
             mask = read_mask(root / rec["mask_path"], profile.eval.mask_threshold, "raw")
             check_mask_matches(image.shape, mask, root / rec["mask_path"])
-
-
-def _remove_staging(root: Path, report: Preflight) -> None:
-    report.cleaned += remove_stale_staging(root)
 
 
 # -- folders and free space -------------------------------------------------------------------

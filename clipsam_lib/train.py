@@ -137,7 +137,12 @@ def prepare_training_set(
     key = _data_key(profile, train_dataset, recs, epochs)
     folder = ClipFeatureStore(profile).cache.dir / "trainsets" / key
     if (folder / "plan.json").is_file() and (folder / "targets.npy").is_file():
-        return _load_training_set(folder, profile.clip.image_size, key)
+        stored = _load_training_set(folder, profile.clip.image_size, key)
+        store = ClipFeatureStore(profile)
+        # A plan is only as good as the cached tokens it names (a cleared cache, another
+        # cache layout): if one is gone, the plan and its mosaics are made again.
+        if all(store.has_image(k) for k in set(stored.keys)):
+            return stored
 
     store = ClipFeatureStore(profile)
     root = dataset.root

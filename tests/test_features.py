@@ -46,7 +46,8 @@ def test_extraction_fills_the_cache_once_and_the_reader_needs_no_backbone(profil
         0,
         2,
     )
-    assert first.cache_entries == len(recs) + 2 and first.cache_bytes > 0
+    # Per image a tokens entry and a global-embedding entry; one text entry per class.
+    assert first.cache_entries == 2 * len(recs) + 2 and first.cache_bytes > 0
     assert "MiB" in str(first)
 
     forbid_backbone(monkeypatch)

@@ -219,7 +219,13 @@ def test_clip_global_score_is_the_softmax_of_100_cos_of_the_image_embedding(tmp_
         warnings.simplefilter("ignore")  # random init, said
         backbone = ClipBackbone(profile.clip)
     extract_clip_features(profile, "src", records, backbone=backbone, progress=False)
+    from clipsam_lib.features import FeatureCache
+
+    read_before = FeatureCache.bytes_read
     scores = clip_global_scores(profile, "src", records)
+    # Image scores read the small global-embedding entries, never the stage tokens.
+    token_bytes = 4 * 64 * 64 * 4  # 4 stages x 64 patches x 64 channels, fp32 (cache dtype)
+    assert FeatureCache.bytes_read - read_before < len(records) * token_bytes / 4
 
     model, root = backbone.model, paths.dataset_root(profile, "src")
     with torch.no_grad():

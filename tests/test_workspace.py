@@ -148,3 +148,15 @@ def test_checkpoints_hold_cpu_tensors_and_seeding_leaves_cuda_alone(tmp_path, mo
                         if isinstance(v, torch.Tensor)]
         assert tensors and all(t.device.type == "cpu" for t in tensors)
     assert np.isfinite(result.losses["loss"].astype(float)).all()
+
+
+def test_a_stored_plan_whose_tokens_left_the_cache_is_made_again(tmp_path):
+    profile = tiny_profile(tmp_path, **{"train.mosaic_rate": 0.5})
+    ws = Workspace(profile)
+    first = train.prepare_training_set(ws, "src", progress=False)
+    store = train.ClipFeatureStore(profile)
+    mosaic = first.keys[-1]  # the last item of the plan is a mosaic
+    store.cache.path(store.tokens_key(mosaic)).unlink()
+    again = train.prepare_training_set(ws, "src", progress=False)
+    assert all(store.has_image(k) for k in again.keys) and again.epochs == first.epochs
+    assert train.time_epochs(ws, "src", epochs=1)  # trains from it without a KeyError

@@ -344,10 +344,9 @@ def ablation_table(
 
 
 def provenance_note(profile: ProfileConfig) -> str:
-    from clipsam_lib.provenance import is_random_init
+    from clipsam_lib.provenance import WEIGHTS_NOTES, weights_kind
 
-    return "random-init backbones: plumbing, not the paper's numbers" \
-        if is_random_init(profile) else "pretrained backbones"
+    return WEIGHTS_NOTES[weights_kind(profile)] or "pretrained backbones"
 
 
 def all_tables(

@@ -1,4 +1,5 @@
-"""`clipsam` command line: index, download, build-benchmark, check, predict, run.
+"""`clipsam` command line: index, download, build-benchmark, check, predict, pretrain-mini,
+run.
 
 Errors a user can cause (``clipsam_lib.errors.UserError`` and its kinds) are printed as
 one line each (no traceback) with exit code 2; any other exception is a bug and keeps its
@@ -70,6 +71,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(run.written)} image(s) written to {args.out}, {len(run.skipped)} skipped")
 
 
+def _cmd_pretrain_mini(args: argparse.Namespace) -> None:
+    from clipsam_lib.mini import RECIPES, WEIGHTS_FOLDER, pretrain_mini, recipe_hash
+
+    which = tuple(args.only.split(",")) if args.only else tuple(RECIPES)
+    written = pretrain_mini(which, Path(args.out) if args.out else WEIGHTS_FOLDER,
+                            resume=not args.fresh)
+    for name, path in written.items():
+        print(f"mini {name}: {path} (recipe {recipe_hash(RECIPES[name])})")
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from clipsam_lib.runner import run_notebooks
 
@@ -123,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image-scale", action="store_true",
                    help="heat maps on each map's own min-max instead of [0, 1]")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("pretrain-mini",
+                       help="pretrain the mini CLIP and SAM of the embedded default (~25 min)")
+    p.add_argument("--only", default=None, help="clip or sam (default: both)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the package's mini_weights/, the committed files)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.set_defaults(func=_cmd_pretrain_mini)
 
     p = sub.add_parser("run", help="execute the numbered notebooks through papermill")
     p.add_argument("--profile", default="smoke")

@@ -35,10 +35,11 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "cache_dtype": ("fp16", "bf16", "fp32"),
     "synthetic_scale": ("tiny", "small", "medium", "rehearsal"),  # data.synthetic.SCALES
-    "clip.dtype": ("fp32", "bf16"),
+    "clip.dtype": ("fp32", "bf16", "auto"),  # auto: devices.resolve_dtype, at load time
     "clip.activation": ("peer", "as_trained", "quick_gelu", "gelu"),
-    "sam.model_type": ("vit_h", "vit_l", "vit_b", "tiny"),
-    "sam.dtype": ("fp32", "bf16"),
+    "sam.model_type": ("vit_h", "vit_l", "vit_b", "tiny", "mini"),
+    "sam.dtype": ("fp32", "bf16", "auto"),
+    "sam.attention": ("library", "sdpa"),  # modeling.sam_attention
     "umci.pooling": ("mean", "max"),
     "umci.norm": ("none", "pre", "post"),
     "umci.stage_combination": ("mean", "sum"),
@@ -96,7 +97,7 @@ class ClipConfig:
     class_names: dict[str, str] = field(
         default_factory=lambda: {"mtd": "magnetic tile", "ksdd2": "commutator surface"}
     )
-    dtype: str = "fp32"  # "fp32" | "bf16" (autocast on the backbone forward)
+    dtype: str = "fp32"  # "fp32" | "bf16" (autocast on the backbone forward) | "auto"
     seed: int = 0  # only for random init
     # Activation of the CLIP blocks (method.md section 5):
     # "peer": what APRIL-GAN's code runs: QuickGELU only for OpenAI weights at their native
@@ -112,9 +113,12 @@ class ClipConfig:
 class SamConfig:
     """Frozen SAM (segment-anything)."""
 
-    model_type: str = "vit_h"  # vit_h | vit_l | vit_b | tiny (random init only)
+    model_type: str = "vit_h"  # vit_h | vit_l | vit_b | tiny (random init) | mini (project)
     checkpoint: str | None = "sam_vit_h_4b8939.pth"  # file name or path; None = random init
     dtype: str = "fp32"
+    # Image-encoder attention: segment-anything's own module, or the same computation
+    # fused through scaled_dot_product_attention (modeling.sam_attention; same weights).
+    attention: str = "library"
     seed: int = 0
 
 
@@ -385,7 +389,18 @@ def from_dict(data: dict[str, Any], source: str = "profile") -> ProfileConfig:
     problems = validate(profile)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    _resolve_auto_dtypes(profile)
     return profile
+
+
+def _resolve_auto_dtypes(profile: ProfileConfig) -> None:
+    """``dtype: auto`` becomes what this machine's device runs faster (bf16 or fp32), so
+    the profile's hash, the cache keys and every results row name the dtype really used."""
+    if "auto" in (profile.clip.dtype, profile.sam.dtype):
+        from clipsam_lib.devices import resolve_dtype
+
+        profile.clip.dtype = resolve_dtype(profile.clip.dtype, profile.device)
+        profile.sam.dtype = resolve_dtype(profile.sam.dtype, profile.device)
 
 
 # -- validation --------------------------------------------------------------------------------

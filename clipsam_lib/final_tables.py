@@ -24,7 +24,7 @@ from clipsam_lib.evaluate import evaluate_maps, export_mvtec_tiffs, macro_mean
 from clipsam_lib.features import clip_score_lookup
 from clipsam_lib.io_utils import atomic_path
 from clipsam_lib.paper_tables import comparison_long, comparison_wide, per_category
-from clipsam_lib.provenance import is_random_init
+from clipsam_lib.provenance import WEIGHTS_NOTES, weights_kind
 from clipsam_lib.tables import write_table
 from clipsam_lib.workspace import Workspace, as_workspace
 
@@ -40,8 +40,7 @@ OUR_METHODS: dict[str, dict[str, Any]] = {
 
 
 def our_label(profile: ProfileConfig, method: str) -> str:
-    weights = "random-init" if is_random_init(profile) else "pretrained"
-    return f"{method} (this run: {profile.name}, {weights})"
+    return f"{method} (this run: {profile.name}, {weights_kind(profile)})"
 
 
 def run_final(workspace: Workspace | ProfileConfig, progress: bool = False) -> list[Any]:
@@ -100,8 +99,8 @@ def write_main_tables(profile: ProfileConfig, summary: pd.DataFrame,
                 "(† = not yet checked against the paper's PDF; – = not reported by that paper; "
                 "each under its own protocol); "
                 f"this run's rows: {profile.name} profile, {profile.eval.protocol} protocol"
-                + (", random-init backbones: plumbing, not the paper's numbers"
-                   if is_random_init(profile) else "")
+                + (f", {WEIGHTS_NOTES[weights_kind(profile)]}"
+                   if WEIGHTS_NOTES[weights_kind(profile)] else "")
             )
             write_table(wide, tables_dir / name, caption=caption)
             write_table(long, tables_dir / f"{name}_long", caption=caption, floatfmt=".2f")

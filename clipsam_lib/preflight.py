@@ -98,7 +98,12 @@ def _check_weights(profile: ProfileConfig, report: Preflight) -> None:
 
 
 def _check_file(report: Preflight, kind: str, name: str, what: str) -> None:
-    from clipsam_lib.weights import KNOWN_CHECKPOINTS, file_sha256, resolve_checkpoint
+    from clipsam_lib.weights import (
+        KNOWN_CHECKPOINTS,
+        file_sha256,
+        mini_recipe_hash,
+        resolve_checkpoint,
+    )
 
     try:
         path = resolve_checkpoint(kind, name)  # known files: hash-checked here
@@ -107,14 +112,26 @@ def _check_file(report: Preflight, kind: str, name: str, what: str) -> None:
         return
     if path.name not in KNOWN_CHECKPOINTS and not _looks_like_torch_file(path):
         report.problems.append(
-            f"{path} ({kind}) is not a PyTorch checkpoint (neither a zip archive nor a "
-            "pickle): it is corrupt or another kind of file; download it again.")
+            f"{path} ({kind}) is not a PyTorch checkpoint (neither a zip archive, a pickle "
+            "nor a safetensors file): it is corrupt or another kind of file; download it "
+            "again.")
         return
-    report.weights.append(f"{what}: {path} (sha256 {file_sha256(path)[:16]}...)")
+    recipe = mini_recipe_hash(path)
+    label = f", mini-pretrained recipe {recipe}" if recipe else ""
+    report.weights.append(f"{what}: {path} (sha256 {file_sha256(path)[:16]}...{label})")
 
 
 def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (or, before torch 1.6, a pickle starting 0x80)."""
+    """torch.save writes a zip archive (or, before torch 1.6, a pickle starting 0x80);
+    a ``.safetensors`` file has a JSON header that safetensors itself must read."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt"):
+                return True
+        except Exception:  # noqa: BLE001 - any header error: not a usable file
+            return False
     if zipfile.is_zipfile(path):
         return True
     with path.open("rb") as handle:
@@ -186,13 +203,14 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str,
     """Bytes the run writes, from the shapes: CLIP tokens (+ global embedding) per image,
     SAM embeddings per evaluated image, float16 maps of about 30 variants per image."""
     from clipsam_lib.modeling.clip_backbone import clip_dims
-    from clipsam_lib.modeling.sam_backbone import SAM_EMBED_DIM
+    from clipsam_lib.modeling.sam_backbone import sam_embedding_shape
 
     width, embed_dim = clip_dims(profile.clip)
     grid = profile.clip.image_size // _patch_size(profile)
     element = 4 if profile.cache_dtype == "fp32" else 2
     clip_bytes = (len(profile.clip.stages) * grid * grid * width + embed_dim) * element
-    sam_bytes = SAM_EMBED_DIM * 64 * 64 * element
+    channels, rows, cols = sam_embedding_shape(profile.sam.model_type)
+    sam_bytes = channels * rows * cols * element
     total = sum(images.values())
     evaluated = sum(n for name, n in images.items()
                     if any(name in d.test + d.generalization for d in profile.directions))

@@ -12,6 +12,7 @@ from typing import Any
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.devices import device_name
 from clipsam_lib.paths import project_root
+from clipsam_lib.weights import MINI_PRETRAINED, RANDOM_INIT, weights_label
 
 
 @lru_cache(maxsize=1)
@@ -38,14 +39,34 @@ def git_commit() -> str:
 
 
 def weights_identity(profile: ProfileConfig) -> str:
-    """``clip=<...>;sam=<...>`` where each side is the checkpoint name or ``random-init``."""
-    clip = profile.clip.pretrained or "random-init"
-    sam = profile.sam.checkpoint or "random-init"
+    """``clip=<...>;sam=<...>``: each side the checkpoint name, ``random-init``, or
+    ``mini-pretrained:<recipe hash>`` for the project's own mini backbones."""
+    clip = weights_label("clip", profile.clip.pretrained)
+    sam = weights_label("sam", profile.sam.checkpoint)
     return f"clip={profile.clip.model_name}:{clip};sam={profile.sam.model_type}:{sam}"
 
 
 def is_random_init(profile: ProfileConfig) -> bool:
     return profile.clip.pretrained is None or profile.sam.checkpoint is None
+
+
+def weights_kind(profile: ProfileConfig) -> str:
+    """``random-init`` (either side), ``mini-pretrained`` (the project's synthetic-data
+    backbones on either side) or ``pretrained`` (the real weights on both)."""
+    if is_random_init(profile):
+        return RANDOM_INIT
+    labels = (weights_label("clip", profile.clip.pretrained),
+              weights_label("sam", profile.sam.checkpoint))
+    return MINI_PRETRAINED if any(x.startswith(MINI_PRETRAINED) for x in labels) else "pretrained"
+
+
+# What a table says about rows made with each kind of weights.
+WEIGHTS_NOTES = {
+    RANDOM_INIT: "random-init backbones: plumbing, not the paper's numbers",
+    MINI_PRETRAINED: "the project's mini backbones, pretrained on synthetic data: the method "
+                     "in miniature, not the paper's numbers",
+    "pretrained": "",
+}
 
 
 def index_hash(index: dict[str, Any]) -> str:
@@ -74,5 +95,6 @@ def provenance_columns(
         "dataset_index_hash": dataset_index_hash or "",
         "protocol": protocol or profile.eval.protocol,
         "device": device_name(profile.device),
+        "dtype": f"clip={profile.clip.dtype};sam={profile.sam.dtype}",
         "date": _dt.date.today().isoformat(),
     }

@@ -19,7 +19,7 @@ from clipsam_lib.config import load_profile
 from clipsam_lib.errors import UserError
 from clipsam_lib.io_utils import write_json_atomic
 from clipsam_lib.paths import project_root, results_subdir
-from clipsam_lib.provenance import is_random_init
+from clipsam_lib.provenance import weights_kind
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_.*\.ipynb$")
 
@@ -108,8 +108,9 @@ def run_notebooks(
     from clipsam_lib.preflight import preflight
 
     config = load_profile(profile)  # fail early on an unknown profile or a bad value
-    if is_random_init(config):
-        # Nothing to download: stop open_clip from retrying the hub for ~45 s.
+    if weights_kind(config) != "pretrained":
+        # Nothing to download (random or committed mini weights): stop open_clip from
+        # retrying the hub for ~45 s.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     folder = Path(notebooks_dir) if notebooks_dir else project_root() / "notebooks"

@@ -5,7 +5,8 @@ path or a bare file name. A bare name is looked up in, in order:
 
 1. ``$CLIPSAM_WEIGHTS_DIR`` (if set),
 2. ``~/.cache/clipsam/weights``,
-3. ``<project root>/weights``.
+3. ``<project root>/weights``,
+4. the package's ``mini_weights/`` (the project's own mini backbones, committed).
 
 Files this project knows (the official SAM checkpoints, OpenAI's ViT-L/14@336px) are
 checked against their published SHA-256 before use; a missing or wrong file is a
@@ -96,7 +97,34 @@ def weights_dirs() -> list[Path]:
         dirs.append(Path(env).expanduser())
     dirs.append(Path("~/.cache/clipsam/weights").expanduser())
     dirs.append(project_root() / "weights")
+    dirs.append(Path(__file__).resolve().parent / "mini_weights")
     return dirs
+
+
+MINI_PRETRAINED = "mini-pretrained"
+
+
+def mini_recipe_hash(path: str | os.PathLike) -> str | None:
+    """The recipe hash in a mini backbone's safetensors metadata (None for other files)."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("recipe_hash")
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def weights_label(kind: str, name_or_path: str | os.PathLike | None) -> str:
+    """How results rows name weights: ``random-init``, ``mini-pretrained:<recipe hash>``
+    for the project's mini backbones, else the file name as given."""
+    if name_or_path is None:
+        return RANDOM_INIT
+    path = _find(Path(name_or_path).expanduser())
+    recipe = mini_recipe_hash(path) if path is not None else None
+    return f"{MINI_PRETRAINED}:{recipe}" if recipe else str(name_or_path)
 
 
 def resolve_checkpoint(kind: str, name_or_path: str | os.PathLike, *, verify: bool = True) -> Path:

@@ -29,9 +29,13 @@ def test_paper_profile_matches_method_spec():
     assert paper.mmr.threshold == 0.5 and paper.mmr.prompt_mode == "point+box"
 
 
-def test_smoke_profile_is_random_init_and_says_so():
+def test_smoke_profile_uses_the_mini_backbones_and_no_region_caps():
     smoke = load_profile("smoke")
-    assert smoke.clip.pretrained is None and smoke.sam.checkpoint is None
+    assert smoke.clip.pretrained == "clipsam-mini-clip.safetensors"
+    assert smoke.sam.model_type == "mini" and smoke.sam.checkpoint == "clipsam-mini-sam.safetensors"
+    # theta relative to each map's maximum (measured: the mini UMCI's maps stay below 0.3)
+    assert smoke.mmr.threshold_mode == "relative" and smoke.mmr.threshold == 0.5
+    assert smoke.mmr.min_area == 0 and smoke.mmr.max_regions == 64  # the defaults
 
 
 def test_dotted_overrides_change_only_that_field_and_the_hash():

@@ -52,3 +52,33 @@ def test_results_rows_name_the_device_and_bad_devices_fail_at_load(fake):
     assert load_profile("smoke", device="cuda:1").device == "cuda:1"
     with pytest.raises(ConfigError, match="device = 'tpu' must be one of"):
         load_profile("smoke", device="tpu")
+
+
+@pytest.mark.parametrize("bf16_seconds, flags, expected", [
+    (0.1, {"avx512_bf16"}, "bf16"),   # a bf16 unit that pays
+    (10.0, {"avx512_bf16"}, "fp32"),  # listed, but ~100x slower (the machine this is built on)
+    (0.1, {"avx2", "fma"}, "fp32"),   # no bf16 unit: not even measured
+])
+def test_auto_dtype_is_measured_not_assumed(monkeypatch, bf16_seconds, flags, expected):
+    import torch
+
+    from clipsam_lib import devices
+
+    monkeypatch.setattr(devices, "_BF16_FASTER", {})
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(devices, "_timed_matmul",
+                        lambda dtype, **_: bf16_seconds if dtype == torch.bfloat16 else 1.0)
+    assert devices.resolve_dtype("auto", "cpu") == expected
+    assert devices.resolve_dtype("fp32", "cpu") == "fp32"
+
+
+def test_a_profile_names_the_dtype_auto_resolved_to(monkeypatch):
+    from clipsam_lib import devices
+    from clipsam_lib.config import load_profile
+    from clipsam_lib.provenance import provenance_columns
+
+    monkeypatch.setattr(devices, "_BF16_FASTER", {"cpu": False})
+    profile = load_profile("smoke", **{"clip.dtype": "auto", "sam.dtype": "auto"})
+    assert profile.clip.dtype == "fp32" and profile.sam.dtype == "fp32"
+    assert profile.hash() == load_profile("smoke").hash()  # same as asking for fp32
+    assert provenance_columns(profile)["dtype"] == "clip=fp32;sam=fp32"

@@ -43,6 +43,8 @@ TABLES: dict[str, list[str]] = {
                                        "git_commit"]
        for part in ("main", "generalization") for pro in ("linear200", "mvtec")},
     "final_protocols": ["dataset", "protocol", "resolution", *PIXEL, "note"],
+    "sam_gt_box_iou": ["dataset", "regions", "median_iou", "mean_iou", "share_iou_ge_0.5",
+                       *PROVENANCE],
 }
 PER_CATEGORY = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
 FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "mmr_steps", "final_bars"]
@@ -119,15 +121,20 @@ def test_no_value_is_missing_without_a_stated_reason(results):
     assert not problems, problems
 
 
-def test_results_rows_say_random_init_and_carry_provenance(results):
+def test_results_rows_name_the_mini_weights_and_carry_provenance(results):
+    from clipsam_lib.mini import RECIPES, recipe_hash
+
     folder, _ = results
     rows = pd.read_csv(folder / "tables" / "ablation_modules.csv")
-    assert rows["weights"].str.contains("random-init").all()
+    hashes = [f"mini-pretrained:{recipe_hash(RECIPES[k])}" for k in ("clip", "sam")]
+    assert rows["weights"].map(lambda w: all(h in w for h in hashes)).all()
     assert rows["profile"].eq("smoke").all() and rows["config_hash"].notna().all()
     final = pd.read_csv(folder / "tables" / "final_main_pro_linear200_long.csv")
     ours = final[final["status"].eq("this run")]
-    assert ours["method"].nunique() == 2 and ours["method"].str.contains("random-init").all()
-    assert ours["weights"].str.contains("random-init").all() and ours["config_hash"].notna().all()
+    assert ours["method"].nunique() == 2
+    assert ours["method"].str.contains("mini-pretrained").all()
+    assert ours["weights"].str.contains("mini-pretrained").all()
+    assert ours["config_hash"].notna().all()
     assert set(final["status"]) >= {"this run", "checked", "unchecked"}  # published rows too
 
 
@@ -165,4 +172,5 @@ def test_the_your_images_notebook_wrote_every_output(results):
         stem = summary.with_suffix("")
         assert stem.with_suffix(".tiff").is_file() and stem.with_suffix(".npy").is_file()
         assert (predictions / f"{stem.name}_overlay.png").is_file()
-        assert data["umci_source"].startswith("trained on") and "random-init" in data["weights"]
+        assert data["umci_source"].startswith("trained on")
+        assert "mini-pretrained" in data["weights"]

@@ -216,26 +216,5 @@ def test_short_training_raises_rough_map_auroc_on_other_data(tmp_path, align_cor
     assert trained > untrained + 0.01
 
 
-@pytest.mark.slow
-def test_training_on_the_embedded_mvtec_layout_raises_auroc_on_the_visa_layout(
-    tmp_path, monkeypatch
-):
-    """The smoke profile's MVTec -> VisA direction on the embedded benchmark itself.
-
-    (The other direction, synth_visa -> synth_mvtec, goes *down* with random-init CLIP:
-    60.3 -> 49.3 macro AUROC in notebook 01; random features carry little that transfers
-    between those textures, which is why the test above uses a purpose-built pair.)
-    """
-    from clipsam_lib.config import load_profile
-    from clipsam_lib.data.synthetic import build_embedded_benchmark
-
-    monkeypatch.setenv("CLIPSAM_RESULTS_DIR", str(tmp_path))  # checkpoints stay private
-    profile = load_profile("smoke")
-    build_embedded_benchmark(profile)
-    result = train.train_umci(profile, "synth_mvtec", progress=False)
-    untrained = pixel_auroc(profile, train.init_umci(profile), "synth_visa")
-    trained = pixel_auroc(profile, train.load_umci(result.checkpoint), "synth_visa")
-    print(f"synth_visa pooled pixel AUROC: untrained {untrained:.3f}, trained {trained:.3f}")
-    assert untrained == pytest.approx(0.419, abs=0.01)
-    assert trained == pytest.approx(0.492, abs=0.02)
-    assert trained > untrained + 0.02
+# The smoke profile's own directions (mini pretrained backbones): trained above untrained
+# UMCI in both is pinned by tests/test_method_miniature.py.

@@ -46,7 +46,7 @@ open_clip.add_model_config(CONFIG_DIR)
 OPENAI_MEAN = open_clip.OPENAI_DATASET_MEAN
 OPENAI_STD = open_clip.OPENAI_DATASET_STD
 PREPROCESS_ID = "pil-bicubic-squash|openai-mean-std"
-DTYPES = CHOICES["clip.dtype"]
+DTYPES = ("fp32", "bf16")  # what a built backbone runs; "auto" is resolved by load_profile
 _TEXT_BATCH = 128
 
 

@@ -19,6 +19,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,24 @@ import numpy as np
 import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.build_sam import _build_sam
-from segment_anything.modeling import Sam
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
 
 from clipsam_lib.config import SamConfig
 from clipsam_lib.devices import resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS
+from clipsam_lib.modeling.sam_attention import swap_attention
 from clipsam_lib.weights import LOAD_ERRORS, resolve_checkpoint, weights_identity
 
 log = logging.getLogger(__name__)
 
-SAM_IMAGE_SIZE = 1024  # SAM's input resolution; every model size shares it
+SAM_IMAGE_SIZE = 1024  # SAM's input resolution; every official size shares it
 SAM_EMBED_DIM = 256
 
 
@@ -55,13 +63,73 @@ def build_sam_tiny(checkpoint: str | None = None) -> Sam:
     )
 
 
-# segment-anything's registry plus the tiny test size; same builder, other numbers.
+def build_sam_mini(checkpoint: str | None = None) -> Sam:
+    """segment-anything's classes at the mini size (``mini.recipes.SAM_ARCHITECTURE``).
+
+    The project pretrains it (``clipsam pretrain-mini``) and ships the weights as fp16
+    safetensors, which are loaded here into float32 parameters.
+    """
+    from clipsam_lib.mini.recipes import SAM_ARCHITECTURE as arch
+
+    size, grid = arch["image_size"], arch["image_size"] // arch["patch_size"]
+    dim = arch["prompt_embed_dim"]
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=size, patch_size=arch["patch_size"], embed_dim=arch["encoder_embed_dim"],
+            depth=arch["encoder_depth"], num_heads=arch["encoder_num_heads"], mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=arch["encoder_global_attn_indexes"],
+            window_size=arch["window_size"], out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
+                                     input_image_size=(size, size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim,
+                                          mlp_dim=arch["decoder_mlp_dim"],
+                                          num_heads=arch["decoder_num_heads"]),
+            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    sam.eval()
+    if checkpoint is not None:
+        from safetensors.torch import load_file
+
+        sam.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in load_file(checkpoint).items()})
+    return sam
+
+
+# segment-anything's registry plus the tiny test size and the project's mini size;
+# same classes, other numbers.
 SAM_REGISTRY = {
     "vit_h": sam_model_registry["vit_h"],
     "vit_l": sam_model_registry["vit_l"],
     "vit_b": sam_model_registry["vit_b"],
     "tiny": build_sam_tiny,
+    "mini": build_sam_mini,
 }
+
+
+def sam_image_size(model_type: str) -> int:
+    """The input side of a model type (1024 for SAM's own sizes)."""
+    if model_type == "mini":
+        from clipsam_lib.mini.recipes import SAM_ARCHITECTURE
+
+        return int(SAM_ARCHITECTURE["image_size"])
+    return SAM_IMAGE_SIZE
+
+
+def sam_embedding_shape(model_type: str) -> tuple[int, int, int]:
+    """(channels, height, width) of the image embedding of a model type."""
+    if model_type == "mini":
+        from clipsam_lib.mini.recipes import SAM_ARCHITECTURE as arch
+
+        grid = arch["image_size"] // arch["patch_size"]
+        return arch["prompt_embed_dim"], grid, grid
+    return SAM_EMBED_DIM, 64, 64
 
 def resolve_sam_checkpoint(name_or_path: str) -> Path:
     """The checkpoint file (a path, or a file name searched in the weights folders).
@@ -78,7 +146,8 @@ def _check_config(cfg: SamConfig) -> None:
             f"sam.model_type {cfg.model_type!r} is not one of {sorted(SAM_REGISTRY)}."
         )
     if cfg.dtype not in ("fp32", "bf16"):
-        raise ValueError(f"sam.dtype {cfg.dtype!r} is not 'fp32' or 'bf16'.")
+        raise ValueError(f"sam.dtype {cfg.dtype!r} is not 'fp32' or 'bf16' (load the profile "
+                         "with load_profile, which resolves 'auto').")
 
 
 def build_sam(cfg: SamConfig) -> Sam:
@@ -93,7 +162,7 @@ def build_sam(cfg: SamConfig) -> Sam:
     _check_config(cfg)
     builder = SAM_REGISTRY[cfg.model_type]
     if cfg.checkpoint is None:
-        if cfg.model_type != "tiny":
+        if cfg.model_type not in ("tiny", "mini"):
             warnings.warn(
                 f"Building SAM {cfg.model_type} with random weights (sam.checkpoint is null); "
                 "its masks are meaningless.",
@@ -112,6 +181,7 @@ def build_sam(cfg: SamConfig) -> Sam:
                 f"({type(err).__name__}): check that sam.model_type matches the file, or "
                 "download it again."
             ) from None
+    swap_attention(sam.image_encoder, cfg.attention)
     BACKBONE_BUILDS["sam"] += 1
     sam.eval()
     sam.requires_grad_(False)
@@ -136,8 +206,9 @@ def sam_identity(cfg: SamConfig) -> dict[str, Any]:
     identity: dict[str, Any] = {
         "kind": "sam",
         "model_type": cfg.model_type,
-        "image_size": SAM_IMAGE_SIZE,
+        "image_size": sam_image_size(cfg.model_type),
         "dtype": cfg.dtype,
+        "attention": cfg.attention,
     }
     if cfg.checkpoint is None:
         identity["weights"] = f"random-init:seed={cfg.seed}"

@@ -1,0 +1,102 @@
+"""The recipes of the mini backbones, as data, and the hash that names them.
+
+A recipe is everything that decides the weights: architecture, corpus, optimiser,
+schedule, seed, thread count. Its hash (``recipe_hash``) is written into the
+safetensors file's metadata, shown in every results row (``mini-pretrained:<hash>``),
+and checked by a test against the committed files, so a change of recipe without
+re-running ``clipsam pretrain-mini`` cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipsam_lib.config import CONFIG_DIR
+from clipsam_lib.mini.corpus import CORPUS_VERSION
+
+# Bump when the training code changes what a recipe produces (the hash covers it).
+TRAINER_VERSION = 2
+
+WEIGHTS_FOLDER = Path(__file__).resolve().parent.parent / "mini_weights"
+CLIP_FILE = "clipsam-mini-clip.safetensors"
+SAM_FILE = "clipsam-mini-sam.safetensors"
+CLIP_MODEL_NAME = "clipsam-mini-vit"  # configs/clipsam-mini-vit.json (open_clip config)
+
+# segment-anything's classes at a small size (sam_backbone.build_sam_mini builds it).
+SAM_ARCHITECTURE: dict[str, Any] = {
+    "image_size": 384,  # 24 x 24 embedding, 96 x 96 low-res masks
+    "patch_size": 16,
+    "encoder_embed_dim": 128,
+    "encoder_depth": 4,
+    "encoder_num_heads": 4,
+    "encoder_global_attn_indexes": [3],
+    "window_size": 8,
+    "prompt_embed_dim": 128,
+    "decoder_mlp_dim": 512,
+    "decoder_num_heads": 4,
+}
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """Contrastive image-text pretraining with open_clip's model and ``ClipLoss``."""
+
+    seed: int = 0
+    threads: int = 2  # CPU float sums depend on it: part of what makes the bits
+    corpus_size: int = 3000
+    defect_rate: float = 0.5
+    word_rate: float = 0.3  # captions whose class word is made up
+    region_loss: bool = True  # ClipLoss on defect / defect-free regions too (clip_pretrain)
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 40
+    checkpoint_every: int = 50
+
+
+@dataclass(frozen=True)
+class SamRecipe:
+    """Promptable segmentation with SAM's loss (20 focal + 1 dice on masks, MSE on IoU)."""
+
+    seed: int = 0
+    threads: int = 2
+    corpus_size: int = 1600
+    defect_rate: float = 0.7
+    steps: int = 1000
+    images_per_step: int = 8
+    prompts_per_image: int = 4
+    box_jitter: float = 0.1  # box sides moved by N(0, 0.1 x side), as SAM's training
+    lr: float = 8e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    checkpoint_every: int = 100
+
+
+def _clip_model_json() -> dict[str, Any]:
+    return json.loads((CONFIG_DIR / f"{CLIP_MODEL_NAME}.json").read_text())
+
+
+def recipe_blob(recipe: ClipRecipe | SamRecipe) -> dict[str, Any]:
+    """What the hash covers: the recipe, the corpus version and the architecture."""
+    kind = "clip" if isinstance(recipe, ClipRecipe) else "sam"
+    architecture = _clip_model_json() if kind == "clip" else SAM_ARCHITECTURE
+    return {"kind": kind, "recipe": dataclasses.asdict(recipe), "trainer": TRAINER_VERSION,
+            "corpus_version": CORPUS_VERSION, "architecture": architecture}
+
+
+def recipe_hash(recipe: ClipRecipe | SamRecipe) -> str:
+    blob = json.dumps(recipe_blob(recipe), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+RECIPES: dict[str, ClipRecipe | SamRecipe] = {"clip": ClipRecipe(), "sam": SamRecipe()}
+FILES = {"clip": CLIP_FILE, "sam": SAM_FILE}

@@ -1,0 +1,184 @@
+"""Mini SAM: segment-anything's classes trained for promptable segmentation.
+
+Corpus pictures get pasted shapes and procedural defects; every region is a target.
+Each step draws a few regions per picture and prompts each with a jittered box, a
+point inside it, or both (the prompts MMR gives SAM). SAM's loss recipe: of the three
+masks of a prompt only the best one (lowest 20 x focal + dice) is trained, and the IoU
+head regresses, by mean squared error, the IoU each of the three masks really has.
+Pictures go through SAM's own transforms (``ResizeLongestSide``, ``Sam.preprocess``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.ops import sigmoid_focal_loss
+from tqdm.auto import tqdm
+
+from clipsam_lib.mini import corpus
+from clipsam_lib.mini.loop import param_groups, pinned_threads, run_steps, save_weights
+from clipsam_lib.mini.recipes import SamRecipe
+from clipsam_lib.modeling.sam_backbone import build_sam_mini
+
+PROMPT_KINDS = ("box", "point", "point+box")
+
+
+class SamCorpus:
+    """Pictures in SAM's resized frame (unpadded uint8) with their region masks."""
+
+    def __init__(self, recipe: SamRecipe, image_size: int, progress: bool = True):
+        self.image_size = image_size
+        transform = ResizeLongestSide(image_size)
+        self.images: list[np.ndarray] = []
+        self.regions: list[list[np.ndarray]] = []
+        index = 0
+        with tqdm(total=recipe.corpus_size, desc="mini SAM corpus", disable=not progress) as bar:
+            while len(self.images) < recipe.corpus_size:
+                item = corpus.make_item(recipe.seed, "sam", index, shapes=True,
+                                        defect_rate=recipe.defect_rate)
+                index += 1
+                if not item.regions:
+                    continue  # a picture with nothing to segment teaches nothing here
+                image = transform.apply_image(item.image)
+                size = (image.shape[1], image.shape[0])
+                masks = [cv2.resize(r.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                         .astype(bool) for r in item.regions]
+                masks = [m for m in masks if m.any()]
+                if masks:
+                    self.images.append(image)
+                    self.regions.append(masks)
+                    bar.update(1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def padded_mask(self, mask: np.ndarray) -> torch.Tensor:
+        """The mask padded like the image, at half size (area share, as the loss's target)."""
+        out = torch.zeros(1, 1, self.image_size, self.image_size)
+        out[..., : mask.shape[0], : mask.shape[1]] = torch.from_numpy(mask.astype(np.float32))
+        return F.avg_pool2d(out, 2)[0, 0]
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """XYXY box of a mask in pixel coordinates (SAM's box convention)."""
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], np.float32)
+
+
+def jittered_box(mask: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    box = mask_box(mask)
+    side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) + 1
+    noise = np.clip(rng.normal(0, jitter, 4) * side, -20, 20)
+    return box + noise.astype(np.float32)
+
+
+def _prompts(masks: list[np.ndarray], kind: str, jitter: float, rng: np.random.Generator):
+    coords = boxes = None
+    if "point" in kind:
+        picks = []
+        for mask in masks:
+            rows, cols = np.nonzero(mask)
+            i = int(rng.integers(len(rows)))
+            picks.append([cols[i] + 0.5, rows[i] + 0.5])
+        coords = torch.tensor(np.array(picks, np.float32))[:, None, :]
+    if "box" in kind:
+        boxes = torch.tensor(np.stack([jittered_box(m, jitter, rng) for m in masks]))
+    return coords, boxes
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Dice per mask, over the last two dimensions."""
+    prob = logits.sigmoid().flatten(-2)
+    target = target.flatten(-2)
+    overlap = (prob * target).sum(-1)
+    return 1 - (2 * overlap + 1) / (prob.sum(-1) + target.sum(-1) + 1)
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = (logits > 0).flatten(-2).float()
+    target = (target >= 0.5).flatten(-2).float()
+    inter = (pred * target).sum(-1)
+    return inter / ((pred + target).clamp(max=1).sum(-1)).clamp(min=1)
+
+
+def prompt_loss(sam, embedding: torch.Tensor, coords, boxes, targets: torch.Tensor,
+                recipe: SamRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's loss for K prompts on one image: (total, mean IoU of the trained masks)."""
+    points = None
+    if coords is not None:
+        points = (coords, torch.ones(coords.shape[:2], dtype=torch.int))
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+    low_res, iou_pred = sam.mask_decoder(
+        image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+    )
+    # The loss is taken at half SAM's input size (twice the low-res masks): 4x cheaper
+    # than the full size, and still finer than the decoder's output.
+    size = targets.shape[-1]
+    logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+    target = targets[:, None].expand_as(logits)
+    focal = sigmoid_focal_loss(logits, target, reduction="none").mean((-2, -1))
+    mask_loss = recipe.focal_weight * focal + recipe.dice_weight * dice_loss(logits, target)
+    best = mask_loss.argmin(dim=1)  # only the best of the three masks is trained
+    chosen = mask_loss.gather(1, best[:, None]).mean()
+    with torch.no_grad():
+        actual = mask_iou(logits, target)
+    iou_loss = F.mse_loss(iou_pred, actual)
+    trained_iou = actual.gather(1, best[:, None]).mean()
+    return chosen + recipe.iou_weight * iou_loss, trained_iou
+
+
+def build_model(recipe: SamRecipe) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(recipe.seed)
+        return build_sam_mini(checkpoint=None)
+
+
+def pretrain_sam(recipe: SamRecipe, out_path: Path | None, work_folder: Path, *,
+                 steps: int | None = None, resume: bool = True,
+                 progress: bool = True) -> list[dict]:
+    """Train the mini SAM and write ``out_path`` (fp16 safetensors with the recipe hash)."""
+    steps = recipe.steps if steps is None else steps
+    with pinned_threads(recipe.threads):
+        sam = build_model(recipe)
+        data = SamCorpus(recipe, sam.image_encoder.img_size, progress)
+        optimizer = torch.optim.AdamW(param_groups(sam, recipe.weight_decay), lr=recipe.lr)
+        sam.train()
+
+        def step_fn(step: int) -> dict[str, float]:
+            rng = np.random.default_rng([recipe.seed, 11, step])
+            chosen = rng.choice(len(data), recipe.images_per_step, replace=False)
+            pixels = torch.stack([
+                sam.preprocess(torch.from_numpy(data.images[i]).permute(2, 0, 1).float())
+                for i in chosen
+            ])
+            embeddings = sam.image_encoder(pixels)
+            total, ious = 0.0, []
+            for b, i in enumerate(chosen):
+                regions = data.regions[i]
+                picks = rng.choice(len(regions), recipe.prompts_per_image,
+                                   replace=len(regions) < recipe.prompts_per_image)
+                masks = [regions[k] for k in picks]
+                kind = PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
+                coords, boxes = _prompts(masks, kind, recipe.box_jitter, rng)
+                targets = torch.stack([data.padded_mask(m) for m in masks])
+                loss, iou = prompt_loss(sam, embeddings[b:b + 1], coords, boxes, targets,
+                                        recipe)
+                total = total + loss / len(chosen)
+                ious.append(float(iou))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            return {"loss": float(total), "iou": float(np.mean(ious))}
+
+        log = run_steps(sam, optimizer, step_fn, recipe=recipe, work_folder=work_folder,
+                        steps=steps, resume=resume, progress=progress, desc="mini-sam")
+        sam.eval()
+        if out_path is not None:
+            save_weights(sam, out_path, recipe, log)
+    return log

@@ -1,0 +1,156 @@
+"""The mini backbones: corpus honesty, the recipes' loops, the committed weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, corpus, recipe_hash
+from clipsam_lib.mini.loop import cosine_lr, run_steps
+from clipsam_lib.weights import mini_recipe_hash
+
+
+# -- corpus --------------------------------------------------------------------------------
+def test_corpus_shares_no_picture_or_name_with_the_benchmark():
+    corpus.check_disjoint()
+
+
+def test_the_disjointness_check_can_fail(monkeypatch):
+    monkeypatch.setitem(corpus.PICTURES, "brick", ("brick", "texture"))
+    with pytest.raises(AssertionError, match="brick"):
+        corpus.check_disjoint()
+
+
+def test_corpus_items_are_a_pure_function_of_their_arguments():
+    a = corpus.make_item(3, "sam", 17, shapes=True, defect_rate=1.0)
+    b = corpus.make_item(3, "sam", 17, shapes=True, defect_rate=1.0)
+    c = corpus.make_item(3, "sam", 18, shapes=True, defect_rate=1.0)
+    assert np.array_equal(a.image, b.image) and a.name == b.name
+    assert all(np.array_equal(x, y) for x, y in zip(a.regions, b.regions))
+    assert not np.array_equal(a.image, c.image) or a.name != c.name
+
+
+def test_defective_items_have_regions_inside_the_picture_and_normal_ones_none():
+    items = [corpus.make_item(0, "clip", i, defect_rate=0.5) for i in range(30)]
+    assert {it.anomalous for it in items} == {True, False}
+    for item in items:
+        assert item.image.dtype == np.uint8 and item.image.shape[2] == 3
+        assert bool(item.regions) == item.anomalous or not item.regions
+        assert all(r.shape == item.image.shape[:2] and r.any() for r in item.regions)
+
+
+def test_captions_use_the_projects_states():
+    rng = np.random.default_rng(0)
+    from clipsam_lib.modeling import text_prompts
+
+    anomalous = {corpus.caption("clock", True, rng) for _ in range(50)}
+    normal = {corpus.caption("clock", False, rng) for _ in range(50)}
+    allowed_a = set(text_prompts.state_sentences("clock")[1])
+    allowed_n = set(text_prompts.state_sentences("clock")[0])
+    assert anomalous <= allowed_a and normal <= allowed_n
+
+
+# -- the loop ------------------------------------------------------------------------------
+def test_cosine_schedule_by_hand():
+    assert cosine_lr(0, 10, 2, 1.0) == pytest.approx(0.5)
+    assert cosine_lr(1, 10, 2, 1.0) == pytest.approx(1.0)
+    assert cosine_lr(6, 10, 2, 1.0) == pytest.approx(0.5)  # half way through the decay
+    assert cosine_lr(10, 10, 2, 1.0) == pytest.approx(0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    lr: float = 0.1
+    warmup_steps: int = 1
+    checkpoint_every: int = 2
+
+
+def _linear_run(work: Path, steps: int, stop_at: int | None = None):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step_fn(step: int):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        x = torch.from_numpy(np.random.default_rng(step).normal(size=(8, 3))).float()
+        loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    log = run_steps(model, optimizer, step_fn, recipe=_Recipe(), work_folder=work,
+                    steps=steps, resume=True, progress=False, desc="linear")
+    return model, log
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import clipsam_lib.mini.loop as loop
+
+    monkeypatch.setattr(loop, "recipe_hash", lambda recipe: "test")
+    straight, log = _linear_run(tmp_path / "a", 6)
+    with pytest.raises(KeyboardInterrupt):
+        _linear_run(tmp_path / "b", 6, stop_at=5)  # state saved after steps 2 and 4
+    resumed, resumed_log = _linear_run(tmp_path / "b", 6)
+    assert torch.equal(straight.weight, resumed.weight)
+    assert [e["loss"] for e in log] == [e["loss"] for e in resumed_log]
+
+
+@pytest.mark.slow
+def test_a_few_steps_of_each_recipe_lower_the_loss_and_repeat_exactly(tmp_path):
+    from clipsam_lib.mini.clip_pretrain import pretrain_clip
+    from clipsam_lib.mini.sam_pretrain import pretrain_sam
+
+    clip_recipe = dataclasses.replace(RECIPES["clip"], corpus_size=48, batch_size=16)
+    sam_recipe = dataclasses.replace(RECIPES["sam"], corpus_size=12, images_per_step=2)
+    for train, recipe, steps in ((pretrain_clip, clip_recipe, 8), (pretrain_sam, sam_recipe, 8)):
+        first = train(recipe, tmp_path / "w.safetensors", tmp_path / "a", steps=steps,
+                      progress=False)
+        again = train(recipe, None, tmp_path / "b", steps=steps, progress=False)
+        losses = [e["loss"] for e in first]
+        assert np.isfinite(losses).all()
+        assert np.mean(losses[-3:]) < np.mean(losses[:3])
+        assert losses == [e["loss"] for e in again]  # seeded, same thread count: same bits
+        assert mini_recipe_hash(tmp_path / "w.safetensors") == recipe_hash(recipe)
+
+
+# -- the committed weights -----------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_committed_weights_name_the_current_recipe(name):
+    path = WEIGHTS_FOLDER / FILES[name]
+    assert path.is_file(), f"{path} is missing: run `clipsam pretrain-mini`"
+    assert mini_recipe_hash(path) == recipe_hash(RECIPES[name]), (
+        f"{path.name} was trained with another recipe: run `clipsam pretrain-mini --only "
+        f"{name}` and commit the file"
+    )
+
+
+def test_committed_weights_fit_in_20_mb():
+    total = sum((WEIGHTS_FOLDER / f).stat().st_size for f in FILES.values())
+    assert total <= 20 * 1024 * 1024
+
+
+def test_mini_weights_load_into_the_real_builders():
+    from clipsam_lib.config import ClipConfig, SamConfig
+    from clipsam_lib.modeling.clip_backbone import ClipBackbone
+    from clipsam_lib.modeling.sam_backbone import build_sam
+    from clipsam_lib.provenance import weights_identity, weights_kind
+    from clipsam_lib.config import load_profile
+
+    clip = ClipBackbone(ClipConfig(model_name="clipsam-mini-vit", image_size=224,
+                                   pretrained=FILES["clip"], stages=(2, 3, 5, 6)))
+    from safetensors.torch import load_file
+
+    stored = load_file(str(WEIGHTS_FOLDER / FILES["clip"]))
+    assert torch.equal(clip.model.visual.conv1.weight, stored["visual.conv1.weight"].float())
+    sam = build_sam(SamConfig(model_type="mini", checkpoint=FILES["sam"]))
+    assert sam.image_encoder.img_size == 384
+    profile = load_profile("smoke")
+    assert weights_kind(profile) == "mini-pretrained"
+    identity = weights_identity(profile)
+    assert identity.count("mini-pretrained:") == 2 and "random-init" not in identity

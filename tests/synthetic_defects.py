@@ -66,11 +66,22 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 def tiny_profile(tmp: Path, **overrides) -> ProfileConfig:
-    """The smoke profile shrunk for tests, on two datasets ``src`` and ``dst`` under tmp."""
+    """The smoke profile shrunk for tests (tiny random-init backbones), on two datasets
+    ``src`` and ``dst`` under tmp."""
     if not (tmp / "src").is_dir():
         write_dataset(tmp / "src", SOURCE_CLASSES, seed=0)
         write_dataset(tmp / "dst", OTHER_CLASSES, seed=1)
     settings = {
+        # The unit tests' tiny random-init backbones (the smoke profile's before it took
+        # the mini pretrained ones), with the MMR settings the tests were written for.
+        "clip.model_name": "clipsam-tiny-vit",
+        "clip.pretrained": None,
+        "clip.stages": [1, 2, 3, 4],
+        "sam.model_type": "tiny",
+        "sam.checkpoint": None,
+        "mmr.threshold_mode": "relative",
+        "mmr.min_area": 64,
+        "mmr.max_regions": 4,
         "clip.image_size": 112,
         "umci.hidden_dim": 32,
         "umci.heads": 4,

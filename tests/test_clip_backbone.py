@@ -67,6 +67,8 @@ def test_stage_tokens_are_the_residual_stream_after_each_block(backbone, image):
         for hook in hooks:
             hook.remove()
     tokens = backbone.encode_stages(pixels)
+    if not backbone.model.visual.transformer.batch_first:  # blocks run sequence-first
+        captured = [out.transpose(0, 1) for out in captured]
     for stage, got in zip((1, 2, 3, 4), tokens):
         assert torch.allclose(got, captured[stage - 1][:, 1:], atol=1e-6)
 
@@ -225,3 +227,30 @@ def test_bad_configuration_is_one_clear_error():
         build(model_name="not-a-model")
     with pytest.raises(ValueError, match="dtype"):
         build(dtype="fp8")
+
+
+def _batch_first(model) -> None:
+    """Back to open_clip's default layout (what create_model builds)."""
+    for transformer in (model.visual.transformer, model.transformer):
+        transformer.batch_first = True
+        for block in transformer.resblocks:
+            block.attn.batch_first = True
+
+
+def test_sequence_first_layout_gives_the_library_layouts_outputs_in_fp32_and_bf16():
+    """The layout fix for bf16 batches (issue 14) changes no value: stage tokens, global
+    embedding and text features equal open_clip's batch-first model."""
+    fast = build()
+    assert not fast.model.visual.transformer.batch_first
+    library = build()
+    _batch_first(library.model)
+    images = torch.randn(3, 3, 224, 224)
+    for dtype, tolerance in (("fp32", 1e-5), ("bf16", 2e-2)):
+        fast.cfg = library.cfg = dataclasses.replace(TINY, dtype=dtype)
+        (stages_f, global_f), (stages_l, global_l) = (fast.encode_images(images),
+                                                      library.encode_images(images))
+        for a, b in [*zip(stages_f, stages_l), (global_f, global_l)]:
+            assert float((a - b).norm() / b.norm()) <= tolerance, dtype
+    fast.cfg = library.cfg = TINY
+    text_f, text_l = fast.text_features(["bottle"]), library.text_features(["bottle"])
+    assert float((text_f - text_l).norm() / text_l.norm()) <= 1e-5

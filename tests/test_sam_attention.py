@@ -55,7 +55,7 @@ def test_the_swap_shares_the_library_parameters_and_is_a_config_switch():
     swapped = SdpaAttention(library)
     assert swapped.qkv is library.qkv and swapped.rel_pos_h is library.rel_pos_h
     assert set(dict(swapped.named_parameters())) == set(dict(library.named_parameters()))
-    off = build_sam(SamConfig(model_type="tiny", checkpoint=None))
+    off = build_sam(SamConfig(model_type="tiny", checkpoint=None, attention="library"))
     on = build_sam(SamConfig(model_type="tiny", checkpoint=None, attention="sdpa"))
     assert all(isinstance(b.attn, Attention) for b in off.image_encoder.blocks)
     assert all(isinstance(b.attn, SdpaAttention) for b in on.image_encoder.blocks)

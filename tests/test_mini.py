@@ -90,7 +90,7 @@ def _linear_run(work: Path, steps: int, stop_at: int | None = None):
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    import clipsam_lib.mini.loop as loop
+    from clipsam_lib.mini import loop
 
     monkeypatch.setattr(loop, "recipe_hash", lambda recipe: "test")
     straight, log = _linear_run(tmp_path / "a", 6)
@@ -136,11 +136,10 @@ def test_committed_weights_fit_in_20_mb():
 
 
 def test_mini_weights_load_into_the_real_builders():
-    from clipsam_lib.config import ClipConfig, SamConfig
+    from clipsam_lib.config import ClipConfig, SamConfig, load_profile
     from clipsam_lib.modeling.clip_backbone import ClipBackbone
     from clipsam_lib.modeling.sam_backbone import build_sam
     from clipsam_lib.provenance import weights_identity, weights_kind
-    from clipsam_lib.config import load_profile
 
     clip = ClipBackbone(ClipConfig(model_name="clipsam-mini-vit", image_size=224,
                                    pretrained=FILES["clip"], stages=(2, 3, 5, 6)))

@@ -20,7 +20,7 @@ from functools import cache
 
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter, label
+from scipy.ndimage import label
 
 from clipsam_lib.data import synthetic
 from clipsam_lib.modeling import text_prompts

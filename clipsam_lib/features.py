@@ -451,10 +451,8 @@ def embedding_key(cache: FeatureCache, image_rgb: np.ndarray | str) -> str:
     ``image_rgb`` is the image or its ``image_hash`` (e.g. from the CLIP store's manifest,
     which spares decoding the image again).
     """
-    from clipsam_lib.modeling.sam_backbone import SAM_IMAGE_SIZE
-
     content = image_rgb if isinstance(image_rgb, str) else image_hash(image_rgb)
-    return cache.key(content, kind="sam_embedding", image_size=SAM_IMAGE_SIZE)
+    return cache.key(content, kind="sam_embedding", image_size=cache.identity["image_size"])
 
 
 def cached_embedding(cache: FeatureCache, image_rgb: np.ndarray | str, backbone: Any = None):

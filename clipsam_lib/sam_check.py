@@ -13,27 +13,29 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import label
+from scipy import ndimage
 
 from clipsam_lib.data.io import read_mask
-from clipsam_lib.features import cached_embedding, read_rgb, sam_cache
-from clipsam_lib.modeling.mmr import Prompts, decode_masks
+from clipsam_lib.features import (
+    ClipFeatureStore,
+    cached_embedding,
+    extract_sam_embeddings,
+)
+from clipsam_lib.modeling.mmr import Prompts, decode_masks, label_regions, region_box
 from clipsam_lib.workspace import Workspace
 
 MIN_REGION_AREA = 16  # pixels; smaller components are specks no prompt is drawn for
 
 
 def region_boxes(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(region mask, inclusive XYXY box) per connected component of ``mask``."""
-    labels, count = label(mask)
+    """(region mask, inclusive XYXY box) per region of ``mask``, as MMR finds regions."""
+    labels, _ = label_regions(mask)
     regions = []
-    for k in range(1, count + 1):
+    for k, found in enumerate(ndimage.find_objects(labels), start=1):
         region = labels == k
-        if region.sum() < MIN_REGION_AREA:
+        if found is None or region.sum() < MIN_REGION_AREA:
             continue
-        rows, cols = np.nonzero(region)
-        box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], np.float32)
-        regions.append((region, box))
+        regions.append((region, np.array(region_box(found, 0, mask.shape), np.float32)))
     return regions
 
 
@@ -42,21 +44,23 @@ def box_prompt_ious(ws: Workspace, dataset: str,
     """One row per defect region: image, class, area, IoU of SAM's top mask for its box."""
     profile = ws.profile
     handle = ws.dataset(dataset)
-    records = records if records is not None else handle.records()
-    cache = sam_cache(profile)
+    records = [r for r in (records if records is not None else handle.records())
+               if r.get("mask_path")]
+    # The embeddings MMR uses, from the cache (computed only for images it lacks); images
+    # are known by the CLIP store's manifest, so a warm pass decodes none.
+    cache = extract_sam_embeddings(profile, dataset, records, progress=False, backbone=ws.sam)
+    store = ClipFeatureStore(profile)
     sam = ws.sam.get().model
     rows = []
     for rec in records:
-        if not rec.get("mask_path"):
-            continue
         mask = read_mask(handle.root / rec["mask_path"], profile.eval.mask_threshold,
                          profile.eval.mask_binarization)
         regions = region_boxes(mask)
         if not regions:
             continue
-        image = read_rgb(handle.root / rec["img_path"])
-        embedding = cached_embedding(cache, image, ws.sam)
+        embedding = cached_embedding(cache, store.image_key(dataset, rec))
         boxes = np.stack([box for _, box in regions])
+        # Box prompts only: the points are not sent to SAM (mode "box").
         prompts = Prompts(boxes[:, :2].copy(), boxes, np.array([r.sum() for r, _ in regions]),
                           mode="box")
         masks, _ = decode_masks(sam, embedding, prompts)

@@ -30,6 +30,7 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from clipsam_lib.errors import WeightsError, WeightsNotFound
@@ -105,13 +106,25 @@ MINI_PRETRAINED = "mini-pretrained"
 
 
 def mini_recipe_hash(path: str | os.PathLike) -> str | None:
-    """The recipe hash in a mini backbone's safetensors metadata (None for other files)."""
+    """The recipe hash in a mini backbone's safetensors metadata (None for other files).
+
+    Every results row asks (provenance): the header is read once per file version.
+    """
     if not str(path).endswith(".safetensors"):
         return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return _header_recipe_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _header_recipe_hash(path: str, size: int, mtime_ns: int) -> str | None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(path, framework="pt") as handle:
             return (handle.metadata() or {}).get("recipe_hash")
     except (OSError, ValueError, RuntimeError):
         return None

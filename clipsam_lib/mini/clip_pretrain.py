@@ -82,12 +82,6 @@ def region_features(tokens: torch.Tensor, defect: torch.Tensor):
     return torch.stack(features), owners, states
 
 
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(clip_backbone.OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(clip_backbone.OPENAI_STD).view(1, 3, 1, 1)
-    return (pixels.float() / 255 - mean) / std
-
-
 def build_model(recipe: ClipRecipe) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(recipe.seed)
@@ -129,7 +123,7 @@ def pretrain_clip(recipe: ClipRecipe, out_path: Path | None, work_folder: Path, 
                 names.append(corpus.pseudo_word(rng) if rng.random() < recipe.word_rate
                              else name)
             captions = [corpus.caption(n, labels[i][1], rng) for n, i in zip(names, chosen)]
-            pooled, tokens = model.visual(_normalise(batch))
+            pooled, tokens = model.visual(clip_backbone.normalise_pixels(batch))
             regions, owners, states = region_features(tokens @ model.visual.proj, defect)
             region_captions = [corpus.caption(names[b], s, rng) for b, s in zip(owners, states)]
             texts = model.encode_text(tokenizer(captions + region_captions), normalize=True)

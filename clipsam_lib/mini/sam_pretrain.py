@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import sigmoid_focal_loss
 from tqdm.auto import tqdm
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from clipsam_lib.mini import corpus
 from clipsam_lib.mini.loop import param_groups, pinned_threads, run_steps, save_weights
 from clipsam_lib.mini.recipes import SamRecipe
+from clipsam_lib.modeling.mmr import region_box
 from clipsam_lib.modeling.sam_backbone import build_sam_mini
 
 PROMPT_KINDS = ("box", "point", "point+box")
@@ -65,9 +67,9 @@ class SamCorpus:
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
-    """XYXY box of a mask in pixel coordinates (SAM's box convention)."""
-    rows, cols = np.nonzero(mask)
-    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], np.float32)
+    """Inclusive XYXY box of a non-empty mask, as MMR draws a region's box."""
+    found = ndimage.find_objects(mask.astype(np.int32))[0]
+    return np.array(region_box(found, 0, mask.shape), np.float32)
 
 
 def jittered_box(mask: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:

@@ -50,6 +50,13 @@ DTYPES = ("fp32", "bf16")  # what a built backbone runs; "auto" is resolved by l
 _TEXT_BATCH = 128
 
 
+def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, S, S]`` -> float, scaled to [0, 1] and OpenAI mean/std normalised."""
+    mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(3, 1, 1)
+    return (pixels.float() / 255 - mean) / std
+
+
 def pretrained_tag_config(cfg: ClipConfig) -> dict[str, Any] | None:
     """open_clip's config for ``cfg.pretrained`` when it is a tag (e.g. ``"openai"``)."""
     if cfg.pretrained is None:
@@ -180,10 +187,7 @@ class ClipBackbone:
             )
         size = self.cfg.image_size
         resized = Image.fromarray(image_rgb).resize((size, size), Image.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255
-        mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
-        std = torch.tensor(OPENAI_STD).view(3, 1, 1)
-        return (pixels - mean) / std
+        return normalise_pixels(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
 
     def encode_images(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``[B, 3, S, S]`` -> (one float32 ``[B, g*g, C]`` per tapped stage, the float32

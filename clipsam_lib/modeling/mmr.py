@@ -101,7 +101,7 @@ def extract_prompts(
     if cfg.prompt_mode not in PROMPT_MODES:
         raise ValueError(f"mmr.prompt_mode {cfg.prompt_mode!r} is not one of {PROMPT_MODES}.")
     binary = binarize(score_map, cfg.threshold, cfg.threshold_mode)
-    regions, n = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))  # 8-connected
+    regions, n = label_regions(binary)
     ids = np.arange(1, n + 1)
     areas = np.bincount(regions.ravel(), minlength=n + 1)[1:]
     keep = ids[areas >= max(cfg.min_area, 1)]
@@ -114,14 +114,19 @@ def extract_prompts(
                                cfg.prompt_mode)
 
     slices = ndimage.find_objects(regions)  # tight bounding slices, index = label - 1
-    boxes = np.array([_region_box(slices[i - 1], cfg.box_margin, score_map.shape)
+    boxes = np.array([region_box(slices[i - 1], cfg.box_margin, score_map.shape)
                       for i in keep], dtype=np.float32)
     points = np.array([_region_peak(score_map, regions, i, slices[i - 1]) for i in keep],
                       dtype=np.float32)
     return binary, Prompts(points, boxes, areas[keep - 1].astype(np.int64), cfg.prompt_mode)
 
 
-def _region_box(
+def label_regions(binary: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected regions of a binary map: (label image, count), as MMR sees regions."""
+    return ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
+
+
+def region_box(
     box: tuple[slice, slice], margin: int, shape: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1), inclusive, widened by ``margin`` and clipped to the image."""

@@ -153,3 +153,36 @@ def test_mini_weights_load_into_the_real_builders():
     assert weights_kind(profile) == "mini-pretrained"
     identity = weights_identity(profile)
     assert identity.count("mini-pretrained:") == 2 and "random-init" not in identity
+
+
+def test_patch_state_loss_is_the_balanced_cross_entropy_by_hand():
+    from clipsam_lib.mini.clip_pretrain import patch_state_loss
+
+    # One picture, three patches in 2-D, texts "flawless" = x axis and "damaged" = y axis.
+    tokens = torch.tensor([[[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]]])
+    states = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    defect = torch.tensor([[False, True, True]])
+    scale = torch.tensor(2.0)
+    # Patch 0 (clean): logits (2, 0); patch 1 (defect): (0, 2); patch 2 (defect): (1.41, 1.41).
+    clean = np.log1p(np.exp(-2.0))
+    defects = (np.log1p(np.exp(-2.0)) + np.log(2.0)) / 2
+    got = patch_state_loss(tokens, states, defect, scale)
+    assert got.item() == pytest.approx((clean + defects) / 2, rel=1e-6)
+    # A picture without defect patches: the clean patches alone.
+    only_clean = patch_state_loss(tokens[:, :1], states, defect[:, :1], scale)
+    assert only_clean.item() == pytest.approx(clean, rel=1e-6)
+
+
+def test_the_mini_clip_runs_at_another_image_size():
+    # Its positional embedding is stored in fp32, so open_clip can resize it (bicubic).
+    from safetensors.torch import load_file
+
+    from clipsam_lib.config import ClipConfig
+    from clipsam_lib.modeling.clip_backbone import ClipBackbone
+
+    stored = load_file(str(WEIGHTS_FOLDER / FILES["clip"]))
+    assert stored["visual.positional_embedding"].dtype == torch.float32
+    clip = ClipBackbone(ClipConfig(model_name="clipsam-mini-vit", image_size=336,
+                                   pretrained=FILES["clip"], stages=(2, 6)))
+    stages = clip.encode_stages(torch.randn(1, 3, 336, 336))
+    assert stages[0].shape == (1, 24 * 24, 128)

@@ -98,9 +98,18 @@ def _save_state(path: Path, model, optimizer, step: int, log: list) -> None:
     os.replace(staging, path)
 
 
+def _stored_dtype(name: str) -> torch.dtype:
+    return torch.float32 if "positional_embedding" in name else torch.float16
+
+
 def save_weights(model: torch.nn.Module, path: Path, recipe, log: list[dict]) -> Path:
-    """The weights as fp16 safetensors, with the recipe and its hash in the metadata."""
-    tensors = {name: value.detach().to(torch.float16).contiguous()
+    """The weights as fp16 safetensors, with the recipe and its hash in the metadata.
+
+    Positional embeddings are rounded to fp16 like the rest but stored as fp32: open_clip
+    resizes them (bicubic) when the model runs at another image size, and CPU torch has
+    no fp16 bicubic.
+    """
+    tensors = {name: value.detach().to(torch.float16).to(_stored_dtype(name)).contiguous()
                for name, value in model.state_dict().items() if value.is_floating_point()}
     tensors.update({name: value.contiguous() for name, value in model.state_dict().items()
                     if not value.is_floating_point()})
@@ -110,7 +119,7 @@ def save_weights(model: torch.nn.Module, path: Path, recipe, log: list[dict]) ->
         "recipe": json.dumps(recipe_blob(recipe), sort_keys=True),
         "steps": str(len(log)),
         "final_loss": f"{sum(e['loss'] for e in tail) / max(1, len(tail)):.5f}",
-        "stored_dtype": "float16",
+        "stored_dtype": "float16 (positional embeddings float32)",
         "trained_on": "clipsam mini corpus (synthetic, no benchmark picture, name or mask)",
     }
     path.parent.mkdir(parents=True, exist_ok=True)

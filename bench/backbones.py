@@ -1,12 +1,17 @@
 """How fast are the frozen backbones on this machine, and how much does the cache save?
 
 Prints, for random-init real-size CLIP ViT-L-14-336 at 518 px (the paper's setting), at
-batch 1 and at the extraction's batch (8), and SAM ViT-H at 1024 px (image encoder only,
-batch 1 as extraction runs it) with segment-anything's attention and with the SDPA swap
-(``sam.attention: sdpa``), in fp32 and bf16 (autocast): seconds per image, FLOPs per
-image, achieved FLOP/s, its ratio to this machine's matrix-product peak in the same
-dtype (measured here with a large ``torch.matmul``) and the speed-up over the library's
-own module. Targets (issue 14): no batch slower per image than batch 1; SAM >= 60 % of
+batch 1 and at the GPU extraction's batch (8; on the CPU extraction runs batch 1, see
+``devices.clip_extraction_batch``), with open_clip's attention and head by head
+(``clip.attention: headwise``, what ``auto`` picks in bf16), and SAM ViT-H at 1024 px
+(image encoder only, batch 1 as extraction runs it) with segment-anything's attention
+and with the SDPA swap (``sam.attention: sdpa``), in fp32 and bf16 (autocast): seconds
+per image, FLOPs per image, achieved FLOP/s, its ratio to this machine's matrix-product
+peak in the same dtype (measured here with a large ``torch.matmul``) and the speed-up
+over the library's own module. ``--compile`` adds the ``torch.compile`` paths
+(``clip.compile``, ``sam.compile``): their first call (the compilation), a second
+compilation served by TorchInductor's on-disk cache, and the steady state.
+Targets (issue 14): no batch slower per image than batch 1; SAM >= 60 % of
 the fp32 peak and >= 50 % of the bf16 one; CLIP >= 60 % in both. Where bf16 has no
 hardware support (its peak is under half the fp32 one, as on AVX2-only CPUs) the bf16
 backbone runs are skipped unless ``--force-bf16`` and SAM is held to its target in fp32.
@@ -21,7 +26,8 @@ count is analytic (every matmul and the patch convolution; multiply-add = 2 FLOP
 counter's partial figure is printed beside it.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/backbones.py [--repeats 2] [--skip-sam]
-        [--sam-model vit_b] [--skip-clip] [--clip-batches 1,8] [--skip-cache]
+        [--sam-model vit_b] [--skip-clip] [--clip-batches 1,8] [--skip-cache] [--compile]
+        [--dtypes fp32,bf16]
 """
 
 from __future__ import annotations
@@ -120,17 +126,36 @@ def result_row(model: str, dtype: str, sec: float, flops: int, counted: int,
     }
 
 
-CLIP_EXTRACTION_BATCH = 8  # features.extract_clip_features' batch_size
+CLIP_EXTRACTION_BATCH = 8  # devices.clip_extraction_batch on a GPU (the CPU's is 1)
 SAM_EXTRACTION_BATCH = 1  # SamBackbone.embed: one image through SamPredictor.set_image
 
 
-def bench_clip(dtype: str, repeats: int, peak: float, batch: int = 1) -> dict:
+def first_call(run: Callable[[], object], compile_: bool) -> dict:
+    """Time the first call (where a compiled path compiles) and, for a compiled path, a
+    second compilation after ``torch._dynamo.reset()``, which TorchInductor's on-disk cache
+    serves: what a second process pays."""
+    start = time.perf_counter()
+    run()
+    out = {"first call": time.perf_counter() - start}
+    if compile_:
+        torch._dynamo.reset()
+        start = time.perf_counter()
+        run()
+        out["cached compile call"] = time.perf_counter() - start
+    return out
+
+
+def bench_clip(dtype: str, repeats: int, peak: float, batch: int = 1,
+               attention: str = "library", compile_: bool = False) -> dict:
+    """CLIP's image tower as extraction runs it (``ClipBackbone.encode_stages``)."""
     cfg = ClipConfig(
         model_name="ViT-L-14-336",
         pretrained=None,
         image_size=518,
         stages=(6, 12, 18, 24),
         dtype=dtype,
+        attention=attention,
+        compile=compile_,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -141,15 +166,19 @@ def bench_clip(dtype: str, repeats: int, peak: float, batch: int = 1) -> dict:
         return clip.encode_stages(pixels)
 
     flops = clip_analytic_flops(518, 14, 1024, 24)
-    partial = counted_flops(run) // batch
-    sec = seconds(run, repeats, warmup=0) / batch  # the counted run above was the warm-up
+    first = first_call(run, compile_)
+    # FlopCounterMode sees no matmuls inside a compiled graph: count the eager module's.
+    partial = 0 if compile_ else counted_flops(run) // batch
+    sec = seconds(run, repeats, warmup=0) / batch
     row = result_row("CLIP ViT-L-14-336 @518", dtype, sec, flops, partial, peak)
-    return {**row, "batch": batch, "attention": "library"}
+    return {**row, **first, "batch": batch,
+            "path": attention + ("+compiled" if compile_ else "")}
 
 
 def bench_sam(dtype: str, repeats: int, peak: float, model: str = "vit_h",
-              attention: str = "library", batch: int = 1) -> dict:
-    """SAM's image encoder, with segment-anything's attention or the SDPA swap."""
+              attention: str = "library", batch: int = 1, compile_: bool = False) -> dict:
+    """SAM's image encoder, with segment-anything's attention or the SDPA swap, eager or
+    compiled in place as ``SamBackbone`` does (``sam.compile``)."""
     from segment_anything import sam_model_registry
 
     from clipsam_lib.modeling.sam_attention import swap_attention
@@ -163,10 +192,14 @@ def bench_sam(dtype: str, repeats: int, peak: float, model: str = "vit_h",
         with torch.no_grad(), autocast(dtype):
             return encoder(pixels)
 
-    flops = counted_flops(run) // batch  # the fused kernel is counted like the library's
+    flops = 0 if compile_ else counted_flops(run) // batch  # rated with the library's below
+    if compile_:
+        encoder.compile(dynamic=False)
+    first = first_call(run, compile_)
     sec = seconds(run, repeats, warmup=0) / batch
     row = result_row(f"SAM {model} @1024 (image encoder)", dtype, sec, flops, flops, peak)
-    return {**row, "batch": batch, "attention": attention}
+    path = attention + ("+compiled" if compile_ else "")
+    return {**row, **first, "batch": batch, "path": path}
 
 
 def bench_cache(overrides: dict, n_images: int | None, label: str) -> None:
@@ -217,7 +250,14 @@ def main() -> None:
     parser.add_argument("--skip-clip", action="store_true")
     parser.add_argument("--clip-batches", default=f"1,{CLIP_EXTRACTION_BATCH}",
                         help="CLIP batch sizes (default: 1 and the extraction's)")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="which of fp32,bf16 to time")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the torch.compile paths (clip.compile, sam.compile)")
     args = parser.parse_args()
+    if args.compile:
+        from clipsam_lib.modeling.compiled import use_cache_folder
+
+        print(f"TorchInductor cache: {use_cache_folder(tempfile.mkdtemp(prefix='inductor-'))}")
     sys.stdout.reconfigure(line_buffering=True)  # progress shows when redirected to a file
     torch.manual_seed(0)
     print(
@@ -227,27 +267,34 @@ def main() -> None:
     peaks = {dtype: matmul_peak(dtype) for dtype in DTYPES}
     for dtype, peak in peaks.items():
         print(f"matmul peak {dtype}: {peak / 1e9:.1f} GFLOP/s (square product, best of 5)")
-    dtypes = list(DTYPES)
+    dtypes = [d for d in args.dtypes.split(",") if d in DTYPES]
     if peaks["bf16"] < 0.5 * peaks["fp32"] and not args.force_bf16:
         # A real-size backbone at this rate would take the better part of an hour.
         print(f"bf16 runs at {peaks['bf16'] / peaks['fp32']:.3f}x the fp32 peak on this CPU "
               "(no native bf16 matrix unit): bf16 backbone timings skipped, use fp32 here "
               "(--force-bf16 runs them anyway)")
-        dtypes = ["fp32"]
+        dtypes = [d for d in dtypes if d == "fp32"]
     rows = []
     if not args.skip_clip:
         batches = [int(b) for b in args.clip_batches.split(",")]
-        rows += [bench_clip(dtype, args.repeats, peaks[dtype], batch)
-                 for dtype in dtypes for batch in batches]
+        clip_paths = [("library", False), ("headwise", False)]
+        clip_paths += [("headwise", True)] if args.compile else []
+        rows += [bench_clip(dtype, args.repeats, peaks[dtype], batch, attention, compile_)
+                 for dtype in dtypes for batch in batches
+                 for attention, compile_ in clip_paths]
     if not args.skip_sam:
-        rows += [bench_sam(dtype, args.repeats, peaks[dtype], args.sam_model, attention)
-                 for dtype in dtypes for attention in ("library", "sdpa")]
+        sam_paths = [("library", False), ("sdpa", False)]
+        sam_paths += [("sdpa", True)] if args.compile else []
+        rows += [bench_sam(dtype, args.repeats, peaks[dtype], args.sam_model, attention,
+                           compile_=compile_)
+                 for dtype in dtypes for attention, compile_ in sam_paths]
     print(
-        f"\n{'model':34s} {'dtype':5s} {'batch':>5s} {'attention':9s} {'s/img':>7s} "
-        f"{'GFLOP':>7s} {'counter':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs library':>10s}"
+        f"\n{'model':34s} {'dtype':5s} {'batch':>5s} {'path':13s} {'s/img':>7s} "
+        f"{'GFLOP':>7s} {'counter':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs library':>10s} "
+        f"{'1st call':>8s} {'cached':>7s}"
     )
     library = {(r["model"], r["dtype"], r["batch"]): r for r in rows
-               if r["attention"] == "library"}
+               if r["path"] == "library"}
     for r in rows:  # FlopCounterMode misses SDPA's products: rate the same work as the library
         same = library[(r["model"], r["dtype"], r["batch"])]
         r["GFLOP"], r["counter GFLOP"] = same["GFLOP"], r["counter GFLOP"]
@@ -255,18 +302,23 @@ def main() -> None:
         r["of peak"] = r["GFLOP/s"] * 1e9 / r["peak"]
     for r in rows:
         speedup = library[(r["model"], r["dtype"], r["batch"])]["s/img"] / r["s/img"]
+        cached = r.get("cached compile call")
         print(
-            f"{r['model']:34s} {r['dtype']:5s} {r['batch']:5d} {r['attention']:9s} "
+            f"{r['model']:34s} {r['dtype']:5s} {r['batch']:5d} {r['path']:13s} "
             f"{r['s/img']:7.2f} {r['GFLOP']:7.0f} {r['counter GFLOP']:8.0f} "
-            f"{r['GFLOP/s']:8.1f} {100 * r['of peak']:7.1f}% {speedup:9.2f}x"
+            f"{r['GFLOP/s']:8.1f} {100 * r['of peak']:7.1f}% {speedup:9.2f}x "
+            f"{r['first call']:7.1f}s {'' if cached is None else f'{cached:6.1f}s'}"
         )
     for r in rows:
         ones = [x for x in rows if x["model"] == r["model"] and x["dtype"] == r["dtype"]
-                and x["attention"] == r["attention"] and x["batch"] == 1]
+                and x["path"] == r["path"] and x["batch"] == 1]
         if r["batch"] > 1 and ones:
-            verdict = "met" if r["s/img"] <= 1.1 * ones[0]["s/img"] else "MISSED"
-            print(f"target {r['model']} {r['dtype']} batch {r['batch']} no slower per image "
-                  f"than batch 1: {verdict} ({r['s/img']:.2f} vs {ones[0]['s/img']:.2f} s/img)")
+            # 5 %: the spread of repeated timings of one case on a shared 2-core machine.
+            ratio = r["s/img"] / ones[0]["s/img"]
+            verdict = "met" if ratio <= 1.05 else "MISSED"
+            print(f"target {r['model']} {r['dtype']} {r['path']} batch {r['batch']} no slower "
+                  f"per image than batch 1: {verdict} ({r['s/img']:.2f} vs "
+                  f"{ones[0]['s/img']:.2f} s/img, {ratio:.2f}x)")
     for r in rows:
         # issue 14: SAM >= 60 % of the fp32 peak, >= 50 % of the bf16 one; CLIP >= 60 %.
         targets = {("CLIP", "fp32"): 0.60, ("CLIP", "bf16"): 0.60,
@@ -275,8 +327,8 @@ def main() -> None:
         if target is not None:
             verdict = "met" if r["of peak"] >= target else "MISSED"
             print(
-                f"target {r['model']} {r['dtype']} >= {100 * target:.0f}% of peak: {verdict} "
-                f"({100 * r['of peak']:.1f}%)"
+                f"target {r['model']} {r['dtype']} {r['path']} batch {r['batch']} >= "
+                f"{100 * target:.0f}% of peak: {verdict} ({100 * r['of peak']:.1f}%)"
             )
     print(f"load average after the backbones: {os.getloadavg()[0]:.2f}")
     if not args.skip_cache:

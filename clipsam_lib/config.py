@@ -40,6 +40,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "sam.model_type": ("vit_h", "vit_l", "vit_b", "tiny", "mini"),
     "sam.dtype": ("fp32", "bf16", "auto"),
     "sam.attention": ("library", "sdpa"),  # modeling.sam_attention
+    "clip.attention": ("auto", "library", "headwise"),  # modeling.clip_attention
     "umci.pooling": ("mean", "max"),
     "umci.norm": ("none", "pre", "post"),
     "umci.stage_combination": ("mean", "sum"),
@@ -107,6 +108,14 @@ class ClipConfig:
     # "as_trained": QuickGELU for OpenAI weights at every size (how they were trained).
     # "quick_gelu" | "gelu": forced.
     activation: str = "peer"
+    # Image-tower attention (modeling.clip_attention): "library" = open_clip's module
+    # (PyTorch's fused kernel); "headwise" = the same computation head by head on the CPU
+    # (2x faster there in bf16), the fused kernel elsewhere; "auto" = headwise in bf16.
+    attention: str = "auto"
+    # torch.compile of the image tower (modeling.compiled): a compilation per batch shape
+    # at the first call, cached on disk under the cache folder; bench/backbones.py says
+    # whether it pays on this machine.
+    compile: bool = False
 
 
 @dataclass
@@ -121,6 +130,7 @@ class SamConfig:
     # ~4e-7; measured 1.33x faster in fp32, 1.08x in bf16 on SAM ViT-B, bench/backbones.py);
     # "library" = segment-anything's own module.
     attention: str = "sdpa"
+    compile: bool = False  # torch.compile of the image encoder (modeling.compiled)
     seed: int = 0
 
 

@@ -54,6 +54,17 @@ def device_name(device: str | torch.device = "auto") -> str:
     return resolved.type
 
 
+def clip_extraction_batch(device: str | torch.device = "auto") -> int:
+    """Images per CLIP forward when the feature cache is filled.
+
+    8 on a GPU, which a batch fills. 1 on the CPU: there the batch only adds memory
+    traffic (the activations of 8 ViT-L images at 518 px leave the caches), and
+    ``bench/backbones.py`` measured batch 8 at 1.16-1.23x the per-image time of batch 1
+    (fp32 and bf16, 2 cores).
+    """
+    return 1 if resolve_device(device).type == "cpu" else 8
+
+
 # -- bf16: where it pays ----------------------------------------------------------------------
 
 _BF16_FASTER: dict[str, bool] = {}

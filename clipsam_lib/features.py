@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
+from clipsam_lib.devices import clip_extraction_batch
 from clipsam_lib.io_utils import atomic_path, disk_error, write_json_atomic
 from clipsam_lib.modeling import text_prompts
 
@@ -342,14 +343,16 @@ def extract_clip_features(
     records: list[dict[str, Any]],
     backbone: Any = None,
     progress: bool = True,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> ExtractionReport:
     """Fill the CLIP cache for every record (stage tokens) and every class (text).
 
     Images already cached are skipped; the backbone (``ClipBackbone``) is built only when
     something is missing, unless one is passed. Safe to interrupt: finished images stay.
+    ``batch_size`` defaults to ``devices.clip_extraction_batch`` (1 on the CPU, 8 on GPUs).
     """
     start = time.perf_counter()
+    batch_size = batch_size or clip_extraction_batch(profile.device)
     store = ClipFeatureStore(profile)
     root = paths.dataset_root(profile, dataset_name)
     lazy = _clip_source(profile, backbone)
@@ -388,9 +391,10 @@ def cache_clip_images(
     images: list[np.ndarray],
     backbone: Any = None,
     progress: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> list[str]:
     """Cache the stage tokens of in-memory images (e.g. mosaics); returns their image keys."""
+    batch_size = batch_size or clip_extraction_batch(profile.device)
     store = ClipFeatureStore(profile)
     lazy = _clip_source(profile, backbone)
     keys = [image_hash(image) for image in images]
@@ -410,7 +414,8 @@ def _clip_source(profile: ProfileConfig, backbone: Any) -> Any:
         return Lazy.of(backbone)
     from clipsam_lib.modeling.clip_backbone import ClipBackbone
 
-    return Lazy(lambda: ClipBackbone(profile.clip, profile.device))
+    return Lazy(lambda: ClipBackbone(profile.clip, profile.device,
+                                     compile_cache=paths.compile_cache_dir(profile)))
 
 
 def _encode_and_store(
@@ -515,7 +520,8 @@ def extract_sam_embeddings(
     store = ClipFeatureStore(profile)
     root = paths.dataset_root(profile, dataset_name)
     lazy = Lazy.of(backbone) if backbone is not None else Lazy(
-        lambda: SamBackbone(profile.sam, device=profile.device))
+        lambda: SamBackbone(profile.sam, device=profile.device,
+                            compile_cache=paths.compile_cache_dir(profile)))
     for rec in tqdm(records, desc=f"SAM embeddings {dataset_name}", disable=not progress):
         path = root / rec["img_path"]
         known = store._known_hash(dataset_name, path, rec["img_path"])

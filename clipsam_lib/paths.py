@@ -44,6 +44,11 @@ def cache_dir(profile: ProfileConfig) -> Path:
     return _under_root(profile.cache_dir)
 
 
+def compile_cache_dir(profile: ProfileConfig) -> Path:
+    """TorchInductor's compiled kernels (``clip.compile`` / ``sam.compile``)."""
+    return cache_dir(profile) / "inductor"
+
+
 def index_fallback_dir(profile: ProfileConfig) -> Path:
     """Where the index (meta.json) of a dataset on read-only storage is kept."""
     return cache_dir(profile) / "indexes"

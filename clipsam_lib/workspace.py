@@ -136,7 +136,8 @@ class Workspace:
         # Text features depend on how class names are shown, so that is part of the key.
         key = json.dumps(["clip", clip_identity(cfg), cfg.keep_underscore, cfg.class_names,
                           str(self.device)], sort_keys=True)
-        return self._backbone(key, lambda: ClipBackbone(cfg, self.device))
+        return self._backbone(key, lambda: ClipBackbone(
+            cfg, self.device, compile_cache=paths.compile_cache_dir(self.profile)))
 
     @property
     def sam(self) -> Lazy:
@@ -145,7 +146,8 @@ class Workspace:
 
         cfg = self.profile.sam
         key = json.dumps(["sam", sam_identity(cfg), str(self.device)], sort_keys=True)
-        return self._backbone(key, lambda: SamBackbone(cfg, device=str(self.device)))
+        return self._backbone(key, lambda: SamBackbone(
+            cfg, device=str(self.device), compile_cache=paths.compile_cache_dir(self.profile)))
 
     def _backbone(self, key: str, build: Callable[[], Any]) -> Lazy:
         if key not in self._shared.backbones:

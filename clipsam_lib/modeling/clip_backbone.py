@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from clipsam_lib.config import CHOICES, CONFIG_DIR, ClipConfig
 from clipsam_lib.devices import resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS, text_prompts
+from clipsam_lib.modeling.clip_attention import resolve_attention, swap_attention
+from clipsam_lib.modeling.compiled import check_compiler, compiled, use_cache_folder
 from clipsam_lib.weights import (
     KNOWN_CHECKPOINTS,
     LOAD_ERRORS,
@@ -135,6 +138,7 @@ def clip_identity(cfg: ClipConfig) -> dict[str, Any]:
     """
     if cfg.dtype not in DTYPES:
         raise ValueError(f"clip.dtype must be one of {DTYPES}, not {cfg.dtype!r}.")
+    attention = resolve_attention(cfg.attention, cfg.dtype)
     return {
         "family": "open_clip",
         "open_clip_version": open_clip.__version__,
@@ -145,18 +149,30 @@ def clip_identity(cfg: ClipConfig) -> dict[str, Any]:
         "weights": weights_source(cfg),
         "dtype": cfg.dtype,
         "preprocess": PREPROCESS_ID,
+        # Compiled kernels round differently (fused sums): named only when on, so the
+        # eager caches keep their keys.
+        **({"compiled": True} if cfg.compile else {}),
+        # Head by head rounds the bf16 softmax differently from the fused kernel.
+        **({"attention": attention} if attention != "library" else {}),
     }
 
 
 class ClipBackbone:
     """Frozen open_clip model: ``preprocess`` -> ``encode_stages``; ``text_features``."""
 
-    def __init__(self, cfg: ClipConfig, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: ClipConfig, device: str | torch.device = "cpu",
+                 compile_cache: str | Path | None = None):
         self.cfg = cfg
         self.device = resolve_device(device)
         self.identity = clip_identity(cfg)  # validates dtype and model name first
+        if cfg.compile:
+            check_compiler(self.device, "clip.compile")
+            if compile_cache is not None:
+                use_cache_folder(compile_cache)
         self.model = _build_model(cfg, self.device)
         run_sequence_first(self.model)
+        self.attention = resolve_attention(cfg.attention, cfg.dtype)
+        swap_attention(self.model.visual, self.attention)
         BACKBONE_BUILDS["clip"] += 1
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(cfg.model_name)
@@ -172,6 +188,7 @@ class ClipBackbone:
                 f"{cfg.model_name}, which has {n_blocks}."
             )
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._intermediates = compiled(self._run_visual, cfg.compile)
 
     # -- images ----------------------------------------------------------------------------
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
@@ -196,13 +213,16 @@ class ClipBackbone:
         One forward pass gives both; the global embedding is the image-level score's input
         (``eval.image_score: clip_global``).
         """
-        indices = [s - 1 for s in self.cfg.stages]
-        with torch.no_grad(), self._autocast():
-            out = self.model.visual.forward_intermediates(
-                images.to(self.device), indices=indices, output_fmt="NLC"
-            )
+        with torch.no_grad():
+            out = self._intermediates(images.to(self.device))
         stages = [t.float() for t in out["image_intermediates"]]
         return stages, out["image_features"].float()
+
+    def _run_visual(self, images: torch.Tensor) -> dict[str, Any]:
+        # Autocast inside, so a compiled graph holds the casts it fuses.
+        with self._autocast():
+            return self.model.visual.forward_intermediates(
+                images, indices=[s - 1 for s in self.cfg.stages], output_fmt="NLC")
 
     def encode_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``[B, 3, S, S]`` -> one float32 ``[B, g*g, C]`` tensor per tapped stage."""

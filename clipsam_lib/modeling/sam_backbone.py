@@ -39,6 +39,7 @@ from clipsam_lib.config import SamConfig
 from clipsam_lib.devices import resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS
+from clipsam_lib.modeling.compiled import check_compiler, use_cache_folder
 from clipsam_lib.modeling.sam_attention import swap_attention
 from clipsam_lib.weights import LOAD_ERRORS, resolve_checkpoint, weights_identity
 
@@ -209,6 +210,7 @@ def sam_identity(cfg: SamConfig) -> dict[str, Any]:
         "image_size": sam_image_size(cfg.model_type),
         "dtype": cfg.dtype,
         "attention": cfg.attention,
+        **({"compiled": True} if cfg.compile else {}),  # as clip_identity: only when on
     }
     if cfg.checkpoint is None:
         identity["weights"] = f"random-init:seed={cfg.seed}"
@@ -254,10 +256,19 @@ class SamBackbone:
       model: an already built SAM (e.g. shared with a predictor); built from cfg if None.
     """
 
-    def __init__(self, cfg: SamConfig, device: str = "cpu", model: Sam | None = None):
+    def __init__(self, cfg: SamConfig, device: str = "cpu", model: Sam | None = None,
+                 compile_cache: str | Path | None = None):
         self.cfg = cfg
         self.device = resolve_device(device)
+        if cfg.compile:
+            check_compiler(self.device, "sam.compile")
+            if compile_cache is not None:
+                use_cache_folder(compile_cache)
         self.model = (model if model is not None else build_sam(cfg)).to(self.device)
+        if cfg.compile:
+            # In place (nn.Module.compile): the state-dict keys and SamPredictor's calls
+            # stay the library's own.
+            self.model.image_encoder.compile(dynamic=False)
         self.predictor = SamPredictor(self.model)
 
     @property

@@ -1,0 +1,50 @@
+"""``torch.compile`` for the frozen encoders, as a config switch (``clip.compile``,
+``sam.compile``).
+
+Compiling fuses the element-wise work between the matrix products (layer norms, GELU,
+the dtype casts autocast inserts), which is what keeps an encoder below the machine's
+matmul peak. It costs a compilation at the first call of each input shape, so whether
+it pays depends on the machine and on how many images follow: ``bench/backbones.py``
+measures both (the first call and the steady state). TorchInductor keeps its compiled
+kernels in an on-disk cache; it is put under the profile's cache folder, so a second
+run (or a second process) compiles from the cache instead of from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipsam_lib.errors import UserError
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+class CompileUnavailable(UserError, RuntimeError):
+    """``compile: true`` on a machine where TorchInductor cannot build its kernels."""
+
+
+def check_compiler(device: torch.device, key: str) -> None:
+    """TorchInductor builds CPU kernels with a C++ compiler: fail before any work if none."""
+    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")
+                                     or shutil.which("clang++")):
+        raise CompileUnavailable(
+            f"{key} is true but this machine has no C++ compiler (c++, g++ or clang++), "
+            f"which torch.compile needs on the CPU: install one, or set {key}: false.")
+
+
+def use_cache_folder(folder: str | Path) -> Path:
+    """TorchInductor's on-disk cache under ``folder`` unless the user already chose one."""
+    chosen = Path(os.environ.setdefault(CACHE_ENV, str(Path(folder).resolve())))
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+def compiled(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any]:
+    """``fn`` compiled for fixed shapes (a new batch size compiles once more), or ``fn``."""
+    return torch.compile(fn, dynamic=False) if enabled else fn

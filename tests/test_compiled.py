@@ -62,6 +62,16 @@ def test_compiled_sam_embedding_equals_eager_and_keeps_the_library_keys():
     assert _relative_error(fast.embed(image).embedding, eager) <= 1e-5
 
 
+def test_the_cache_folder_replaces_torchs_default_but_not_a_users_choice(tmp_path,
+                                                                         monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv(compiled.CACHE_ENV, default_cache_dir())  # what importing torch sets
+    assert compiled.use_cache_folder(tmp_path / "ours") == tmp_path / "ours"
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path / "theirs"))
+    assert compiled.use_cache_folder(tmp_path / "ours") == tmp_path / "theirs"
+
+
 def test_identities_name_compile_only_when_it_is_on():
     eager, fast = ClipConfig(**TINY_CLIP), ClipConfig(**TINY_CLIP, compile=True)
     assert "compiled" not in clip_identity(eager)

@@ -39,10 +39,25 @@ def check_compiler(device: torch.device, key: str) -> None:
 
 
 def use_cache_folder(folder: str | Path) -> Path:
-    """TorchInductor's on-disk cache under ``folder`` unless the user already chose one."""
-    chosen = Path(os.environ.setdefault(CACHE_ENV, str(Path(folder).resolve())))
+    """TorchInductor's on-disk cache under ``folder`` unless the user already chose one.
+
+    Importing parts of torch (open_clip does) writes torch's default, a folder under the
+    temporary directory, into the variable: that one is not a choice and is replaced.
+    """
+    current = os.environ.get(CACHE_ENV)
+    if current is None or os.path.abspath(current) == _torch_default():
+        os.environ[CACHE_ENV] = str(Path(folder).resolve())
+    chosen = Path(os.environ[CACHE_ENV])
     chosen.mkdir(parents=True, exist_ok=True)
     return chosen
+
+
+def _torch_default() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch: only an unset variable counts as no choice
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def compiled(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any]:

@@ -1,8 +1,8 @@
 """How fast are the frozen backbones on this machine, and how much does the cache save?
 
 Prints, for random-init real-size CLIP ViT-L-14-336 at 518 px (the paper's setting), at
-batch 1 and at the GPU extraction's batch (8; on the CPU extraction runs batch 1, see
-``devices.clip_extraction_batch``), with open_clip's attention and head by head
+batch 1 and at the GPU extraction's batch (8; on the CPU ViT-L's extraction runs batch 1,
+see ``devices.clip_extraction_batch``), with open_clip's attention and head by head
 (``clip.attention: headwise``, what ``auto`` picks in bf16), and SAM ViT-H at 1024 px
 (image encoder only, batch 1 as extraction runs it) with segment-anything's attention
 and with the SDPA swap (``sam.attention: sdpa``), in fp32 and bf16 (autocast): seconds
@@ -126,7 +126,7 @@ def result_row(model: str, dtype: str, sec: float, flops: int, counted: int,
     }
 
 
-CLIP_EXTRACTION_BATCH = 8  # devices.clip_extraction_batch on a GPU (the CPU's is 1)
+CLIP_EXTRACTION_BATCH = 8  # devices.clip_extraction_batch on a GPU (ViT-L's on the CPU: 1)
 SAM_EXTRACTION_BATCH = 1  # SamBackbone.embed: one image through SamPredictor.set_image
 
 

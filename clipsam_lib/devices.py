@@ -54,15 +54,22 @@ def device_name(device: str | torch.device = "auto") -> str:
     return resolved.type
 
 
-def clip_extraction_batch(device: str | torch.device = "auto") -> int:
-    """Images per CLIP forward when the feature cache is filled.
+# A CPU batch is kept to what its MLP activations fit in (about one ViT-L image at 518 px:
+# 1,370 tokens x 4,096 x 4 bytes = 22 MB). Measured with bench/backbones.py on 2 cores:
+# ViT-L batch 8 (180 MB) took 1.16-1.23x the per-image time of batch 1, fp32 and bf16,
+# while the small models' per-call overhead makes batch 1 the slow one there.
+CPU_BATCH_BYTES = 32 * 2**20
 
-    8 on a GPU, which a batch fills. 1 on the CPU: there the batch only adds memory
-    traffic (the activations of 8 ViT-L images at 518 px leave the caches), and
-    ``bench/backbones.py`` measured batch 8 at 1.16-1.23x the per-image time of batch 1
-    (fp32 and bf16, 2 cores).
-    """
-    return 1 if resolve_device(device).type == "cpu" else 8
+
+def clip_extraction_batch(device: str | torch.device = "auto", tokens: int = 1370,
+                          width: int = 1024) -> int:
+    """Images per CLIP forward when the feature cache is filled: 8 on a GPU, which a batch
+    fills; on the CPU as many (1 to 8) as keep ``tokens x 4 width`` fp32 activations per
+    image within ``CPU_BATCH_BYTES``."""
+    if resolve_device(device).type != "cpu":
+        return 8
+    per_image = tokens * 4 * width * 4
+    return max(1, min(8, CPU_BATCH_BYTES // per_image))
 
 
 # -- bf16: where it pays ----------------------------------------------------------------------

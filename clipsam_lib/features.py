@@ -349,10 +349,10 @@ def extract_clip_features(
 
     Images already cached are skipped; the backbone (``ClipBackbone``) is built only when
     something is missing, unless one is passed. Safe to interrupt: finished images stay.
-    ``batch_size`` defaults to ``devices.clip_extraction_batch`` (1 on the CPU, 8 on GPUs).
+    ``batch_size`` defaults to ``extraction_batch`` (what fits the CPU, 8 on GPUs).
     """
     start = time.perf_counter()
-    batch_size = batch_size or clip_extraction_batch(profile.device)
+    batch_size = batch_size or extraction_batch(profile)
     store = ClipFeatureStore(profile)
     root = paths.dataset_root(profile, dataset_name)
     lazy = _clip_source(profile, backbone)
@@ -394,7 +394,7 @@ def cache_clip_images(
     batch_size: int | None = None,
 ) -> list[str]:
     """Cache the stage tokens of in-memory images (e.g. mosaics); returns their image keys."""
-    batch_size = batch_size or clip_extraction_batch(profile.device)
+    batch_size = batch_size or extraction_batch(profile)
     store = ClipFeatureStore(profile)
     lazy = _clip_source(profile, backbone)
     keys = [image_hash(image) for image in images]
@@ -416,6 +416,15 @@ def _clip_source(profile: ProfileConfig, backbone: Any) -> Any:
 
     return Lazy(lambda: ClipBackbone(profile.clip, profile.device,
                                      compile_cache=paths.compile_cache_dir(profile)))
+
+
+def extraction_batch(profile: ProfileConfig) -> int:
+    """``devices.clip_extraction_batch`` for the profile's CLIP, without building it."""
+    from clipsam_lib.modeling.clip_backbone import clip_dims, model_config
+
+    patch = int(model_config(profile.clip)["vision_cfg"]["patch_size"])
+    tokens = (profile.clip.image_size // patch) ** 2 + 1
+    return clip_extraction_batch(profile.device, tokens, clip_dims(profile.clip)[0])
 
 
 def _encode_and_store(

@@ -82,3 +82,13 @@ def test_a_profile_names_the_dtype_auto_resolved_to(monkeypatch):
     assert profile.clip.dtype == "fp32" and profile.sam.dtype == "fp32"
     assert profile.hash() == load_profile("smoke").hash()  # same as asking for fp32
     assert provenance_columns(profile)["dtype"] == "clip=fp32;sam=fp32"
+
+
+def test_cpu_extraction_batches_only_what_fits_and_gpus_take_eight():
+    from clipsam_lib.devices import CPU_BATCH_BYTES, clip_extraction_batch
+
+    assert clip_extraction_batch("cpu", 1370, 1024) == 1  # ViT-L @518: 22 MB per image
+    assert clip_extraction_batch("cpu", 257, 128) == 8  # the mini CLIP: capped at 8
+    per_image = 577 * 4 * 1024 * 4  # ViT-L @336: 9.5 MB per image
+    assert clip_extraction_batch("cpu", 577, 1024) == CPU_BATCH_BYTES // per_image == 3
+    assert clip_extraction_batch("cuda", 1370, 1024) == 8

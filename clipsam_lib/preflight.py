@@ -72,6 +72,7 @@ def preflight(profile: ProfileConfig, *, deep: bool = False) -> Preflight:
     problem it can name, it lists it."""
     report = Preflight(profile.name)
     _check_weights(profile, report)
+    _check_compiler(profile, report)
     images = _check_datasets(profile, report, deep)
     _check_folders(profile, report, images)
     return report
@@ -95,6 +96,18 @@ def _check_weights(profile: ProfileConfig, report: Preflight) -> None:
         report.weights.append(f"SAM {sam.model_type}: random init (sam.checkpoint: null)")
     else:
         _check_file(report, "sam", sam.checkpoint, f"SAM {sam.model_type}")
+
+
+def _check_compiler(profile: ProfileConfig, report: Preflight) -> None:
+    from clipsam_lib.devices import resolve_device
+    from clipsam_lib.modeling.compiled import CompileUnavailable, check_compiler
+
+    for key, on in (("clip.compile", profile.clip.compile), ("sam.compile", profile.sam.compile)):
+        try:
+            if on:
+                check_compiler(resolve_device(profile.device), key)
+        except CompileUnavailable as err:
+            report.problems.append(str(err))
 
 
 def _check_file(report: Preflight, kind: str, name: str, what: str) -> None:

@@ -87,3 +87,9 @@ def test_compile_without_a_cpp_compiler_fails_before_any_work(monkeypatch):
         _clip(True)
     with pytest.raises(compiled.CompileUnavailable, match="sam.compile"):
         SamBackbone(SamConfig(model_type="tiny", checkpoint=None, compile=True))
+    # ... and the preflight lists it before a run starts.
+    from clipsam_lib.config import load_profile
+    from clipsam_lib.preflight import preflight
+
+    report = preflight(load_profile("smoke", **{"sam.compile": True}))
+    assert any("sam.compile" in problem for problem in report.problems)

@@ -32,8 +32,8 @@ from clipsam_lib.config import CHOICES, CONFIG_DIR, ClipConfig
 from clipsam_lib.devices import resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS, text_prompts
+from clipsam_lib.modeling import compiled as compiled_kernels
 from clipsam_lib.modeling.clip_attention import resolve_attention, swap_attention
-from clipsam_lib.modeling.compiled import check_compiler, compiled, use_cache_folder
 from clipsam_lib.weights import (
     KNOWN_CHECKPOINTS,
     LOAD_ERRORS,
@@ -166,9 +166,7 @@ class ClipBackbone:
         self.device = resolve_device(device)
         self.identity = clip_identity(cfg)  # validates dtype and model name first
         if cfg.compile:
-            check_compiler(self.device, "clip.compile")
-            if compile_cache is not None:
-                use_cache_folder(compile_cache)
+            compiled_kernels.prepare(self.device, "clip.compile", compile_cache)
         self.model = _build_model(cfg, self.device)
         run_sequence_first(self.model)
         self.attention = resolve_attention(cfg.attention, cfg.dtype)
@@ -188,7 +186,7 @@ class ClipBackbone:
                 f"{cfg.model_name}, which has {n_blocks}."
             )
         self._text_cache: dict[str, torch.Tensor] = {}
-        self._intermediates = compiled(self._run_visual, cfg.compile)
+        self._intermediates = compiled_kernels.compiled(self._run_visual, cfg.compile)
 
     # -- images ----------------------------------------------------------------------------
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:

@@ -38,6 +38,13 @@ def check_compiler(device: torch.device, key: str) -> None:
             f"which torch.compile needs on the CPU: install one, or set {key}: false.")
 
 
+def prepare(device: torch.device, key: str, cache_folder: str | Path | None) -> None:
+    """Before building a backbone with ``key`` (``clip.compile``/``sam.compile``) on."""
+    check_compiler(device, key)
+    if cache_folder is not None:
+        use_cache_folder(cache_folder)
+
+
 def use_cache_folder(folder: str | Path) -> Path:
     """TorchInductor's on-disk cache under ``folder`` unless the user already chose one.
 

@@ -39,7 +39,7 @@ from clipsam_lib.config import SamConfig
 from clipsam_lib.devices import resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS
-from clipsam_lib.modeling.compiled import check_compiler, use_cache_folder
+from clipsam_lib.modeling import compiled as compiled_kernels
 from clipsam_lib.modeling.sam_attention import swap_attention
 from clipsam_lib.weights import LOAD_ERRORS, resolve_checkpoint, weights_identity
 
@@ -261,9 +261,7 @@ class SamBackbone:
         self.cfg = cfg
         self.device = resolve_device(device)
         if cfg.compile:
-            check_compiler(self.device, "sam.compile")
-            if compile_cache is not None:
-                use_cache_folder(compile_cache)
+            compiled_kernels.prepare(self.device, "sam.compile", compile_cache)
         self.model = (model if model is not None else build_sam(cfg)).to(self.device)
         if cfg.compile:
             # In place (nn.Module.compile): the state-dict keys and SamPredictor's calls

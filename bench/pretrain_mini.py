@@ -20,6 +20,19 @@ from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, reci
 from clipsam_lib.weights import file_sha256
 
 
+def largest_difference(committed: Path, written: Path) -> tuple[str, float]:
+    """The tensor whose relative L2 difference between the two files is largest."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(committed)), load_file(str(written))
+    worst = ("", 0.0)
+    for name in sorted(set(a) & set(b)):
+        x, y = a[name].double(), b[name].double()
+        diff = float((x - y).norm() / y.norm().clamp(min=1e-12))
+        worst = max(worst, (name, diff), key=lambda item: item[1])
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="clip or sam (default: both)")
@@ -36,6 +49,9 @@ def main() -> None:
             same = committed.is_file() and file_sha256(committed) == file_sha256(written)
             print(f"mini {name}: recipe {recipe_hash(RECIPES[name])}, {minutes:.1f} min, "
                   f"bytes identical to the committed file: {same}")
+            if committed.is_file() and not same:
+                tensor, diff = largest_difference(committed, written)
+                print(f"  largest relative difference: {diff:.2e} ({tensor})")
         print(f"total {total:.1f} min (target <= 30 min on 2 CPU cores)")
 
 

@@ -176,7 +176,7 @@ def pretrain_sam(recipe: SamRecipe, out_path: Path | None, work_folder: Path, *,
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            return {"loss": float(total), "iou": float(np.mean(ious))}
+            return {"loss": float(total.detach()), "iou": float(np.mean(ious))}
 
         log = run_steps(sam, optimizer, step_fn, recipe=recipe, work_folder=work_folder,
                         steps=steps, resume=resume, progress=progress, desc="mini-sam")

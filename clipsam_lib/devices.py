@@ -57,7 +57,7 @@ def device_name(device: str | torch.device = "auto") -> str:
 # A CPU batch is kept to what its MLP activations fit in (about one ViT-L image at 518 px:
 # 1,370 tokens x 4,096 x 4 bytes = 22 MB). Measured with bench/backbones.py on 2 cores:
 # ViT-L batch 8 (180 MB) took 1.16-1.23x the per-image time of batch 1, fp32 and bf16,
-# while the small models' per-call overhead makes batch 1 the slow one there.
+# while a small model's batch of 8 fits (the mini CLIP: 4 MB), so it keeps the batch.
 CPU_BATCH_BYTES = 32 * 2**20
 
 

@@ -420,10 +420,9 @@ def _clip_source(profile: ProfileConfig, backbone: Any) -> Any:
 
 def extraction_batch(profile: ProfileConfig) -> int:
     """``devices.clip_extraction_batch`` for the profile's CLIP, without building it."""
-    from clipsam_lib.modeling.clip_backbone import clip_dims, model_config
+    from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
 
-    patch = int(model_config(profile.clip)["vision_cfg"]["patch_size"])
-    tokens = (profile.clip.image_size // patch) ** 2 + 1
+    tokens = (profile.clip.image_size // clip_patch_size(profile.clip)) ** 2 + 1
     return clip_extraction_batch(profile.device, tokens, clip_dims(profile.clip)[0])
 
 

@@ -215,11 +215,11 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
 def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str, int]:
     """Bytes the run writes, from the shapes: CLIP tokens (+ global embedding) per image,
     SAM embeddings per evaluated image, float16 maps of about 30 variants per image."""
-    from clipsam_lib.modeling.clip_backbone import clip_dims
+    from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
     from clipsam_lib.modeling.sam_backbone import sam_embedding_shape
 
     width, embed_dim = clip_dims(profile.clip)
-    grid = profile.clip.image_size // _patch_size(profile)
+    grid = profile.clip.image_size // clip_patch_size(profile.clip)
     element = 4 if profile.cache_dtype == "fp32" else 2
     clip_bytes = (len(profile.clip.stages) * grid * grid * width + embed_dim) * element
     channels, rows, cols = sam_embedding_shape(profile.sam.model_type)
@@ -230,12 +230,6 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str,
     side = profile.clip.image_size
     return {"cache": total * clip_bytes + evaluated * sam_bytes,
             "results": evaluated * 30 * side * side * 2}
-
-
-def _patch_size(profile: ProfileConfig) -> int:
-    from clipsam_lib.modeling.clip_backbone import model_config
-
-    return int(model_config(profile.clip)["vision_cfg"]["patch_size"])
 
 
 def _check_folders(profile: ProfileConfig, report: Preflight, images: dict[str, int]) -> None:

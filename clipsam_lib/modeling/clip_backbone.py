@@ -346,6 +346,11 @@ def _tag_failure_message(cfg: ClipConfig, tag_cfg: dict[str, Any], err: Exceptio
     )
 
 
+def clip_patch_size(cfg: ClipConfig) -> int:
+    """The configured model's patch size, without building it."""
+    return int(model_config(cfg)["vision_cfg"]["patch_size"])
+
+
 def clip_dims(cfg: ClipConfig) -> tuple[int, int]:
     """(token width C, text embedding D) of the configured model, without building it."""
     model_cfg = model_config(cfg)

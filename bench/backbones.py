@@ -1,8 +1,10 @@
 """How fast are the frozen backbones on this machine, and how much does the cache save?
 
 Prints, for random-init real-size CLIP ViT-L-14-336 at 518 px (the paper's setting), at
-batch 1 and at the GPU extraction's batch (8; on the CPU ViT-L's extraction runs batch 1,
-see ``devices.clip_extraction_batch``), with open_clip's attention and head by head
+batch 1 and at the extraction's batch (8), which ``ClipBackbone`` splits into passes of
+``forward_batch`` images (8 on a GPU, 1 for ViT-L on the CPU: ``devices.
+clip_extraction_batch``; the ``fwd`` column; ``--whole-batches`` times one unsplit pass),
+with open_clip's attention and head by head
 (``clip.attention: headwise``, what ``auto`` picks in bf16), and SAM ViT-H at 1024 px
 (image encoder only, batch 1 as extraction runs it) with segment-anything's attention
 and with the SDPA swap (``sam.attention: sdpa``), in fp32 and bf16 (autocast): seconds
@@ -146,8 +148,10 @@ def first_call(run: Callable[[], object], compile_: bool) -> dict:
 
 
 def bench_clip(dtype: str, repeats: int, peak: float, batch: int = 1,
-               attention: str = "library", compile_: bool = False) -> dict:
-    """CLIP's image tower as extraction runs it (``ClipBackbone.encode_stages``)."""
+               attention: str = "library", compile_: bool = False,
+               whole_batch: bool = False) -> dict:
+    """CLIP's image tower as extraction runs it (``ClipBackbone.encode_stages``, which
+    splits a batch into ``forward_batch`` images per pass); ``whole_batch``: one pass."""
     cfg = ClipConfig(
         model_name="ViT-L-14-336",
         pretrained=None,
@@ -160,6 +164,8 @@ def bench_clip(dtype: str, repeats: int, peak: float, batch: int = 1,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clip = ClipBackbone(cfg)
+    if whole_batch:
+        clip.forward_batch = batch
     pixels = torch.randn(batch, 3, 518, 518)
 
     def run():
@@ -171,7 +177,7 @@ def bench_clip(dtype: str, repeats: int, peak: float, batch: int = 1,
     partial = 0 if compile_ else counted_flops(run) // batch
     sec = seconds(run, repeats, warmup=0) / batch
     row = result_row("CLIP ViT-L-14-336 @518", dtype, sec, flops, partial, peak)
-    return {**row, **first, "batch": batch,
+    return {**row, **first, "batch": batch, "forward batch": min(batch, clip.forward_batch),
             "path": attention + ("+compiled" if compile_ else "")}
 
 
@@ -199,7 +205,7 @@ def bench_sam(dtype: str, repeats: int, peak: float, model: str = "vit_h",
     sec = seconds(run, repeats, warmup=0) / batch
     row = result_row(f"SAM {model} @1024 (image encoder)", dtype, sec, flops, flops, peak)
     path = attention + ("+compiled" if compile_ else "")
-    return {**row, **first, "batch": batch, "path": path}
+    return {**row, **first, "batch": batch, "forward batch": batch, "path": path}
 
 
 def bench_cache(overrides: dict, n_images: int | None, label: str) -> None:
@@ -251,6 +257,9 @@ def main() -> None:
     parser.add_argument("--clip-batches", default=f"1,{CLIP_EXTRACTION_BATCH}",
                         help="CLIP batch sizes (default: 1 and the extraction's)")
     parser.add_argument("--dtypes", default="fp32,bf16", help="which of fp32,bf16 to time")
+    parser.add_argument("--whole-batches", action="store_true",
+                        help="run each CLIP batch as one forward pass (not split into the "
+                             "backbone's forward_batch), to time the unsplit batch")
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile paths (clip.compile, sam.compile)")
     args = parser.parse_args()
@@ -279,7 +288,8 @@ def main() -> None:
         batches = [int(b) for b in args.clip_batches.split(",")]
         clip_paths = [("library", False), ("headwise", False)]
         clip_paths += [("headwise", True)] if args.compile else []
-        rows += [bench_clip(dtype, args.repeats, peaks[dtype], batch, attention, compile_)
+        rows += [bench_clip(dtype, args.repeats, peaks[dtype], batch, attention, compile_,
+                            args.whole_batches)
                  for dtype in dtypes for batch in batches
                  for attention, compile_ in clip_paths]
     if not args.skip_sam:
@@ -289,7 +299,7 @@ def main() -> None:
                            compile_=compile_)
                  for dtype in dtypes for attention, compile_ in sam_paths]
     print(
-        f"\n{'model':34s} {'dtype':5s} {'batch':>5s} {'path':13s} {'s/img':>7s} "
+        f"\n{'model':34s} {'dtype':5s} {'batch':>5s} {'fwd':>3s} {'path':13s} {'s/img':>7s} "
         f"{'GFLOP':>7s} {'counter':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs library':>10s} "
         f"{'1st call':>8s} {'cached':>7s}"
     )
@@ -304,7 +314,8 @@ def main() -> None:
         speedup = library[(r["model"], r["dtype"], r["batch"])]["s/img"] / r["s/img"]
         cached = r.get("cached compile call")
         print(
-            f"{r['model']:34s} {r['dtype']:5s} {r['batch']:5d} {r['path']:13s} "
+            f"{r['model']:34s} {r['dtype']:5s} {r['batch']:5d} {r['forward batch']:3d} "
+            f"{r['path']:13s} "
             f"{r['s/img']:7.2f} {r['GFLOP']:7.0f} {r['counter GFLOP']:8.0f} "
             f"{r['GFLOP/s']:8.1f} {100 * r['of peak']:7.1f}% {speedup:9.2f}x "
             f"{r['first call']:7.1f}s {'' if cached is None else f'{cached:6.1f}s'}"

@@ -254,3 +254,22 @@ def test_sequence_first_layout_gives_the_library_layouts_outputs_in_fp32_and_bf1
     fast.cfg = library.cfg = TINY
     text_f, text_l = fast.text_features(["bottle"]), library.text_features(["bottle"])
     assert float((text_f - text_l).norm() / text_l.norm()) <= 1e-5
+
+
+def test_a_batch_larger_than_the_forward_batch_is_split_and_gives_the_same_tokens(backbone):
+    """A batch runs ``forward_batch`` images per pass (a large CPU batch is slower per
+    image than batch 1); the pieces come back in order, equal to one pass of the whole."""
+    pixels = torch.randn(5, 3, 224, 224)
+    whole_stages, whole_global = backbone.encode_images(pixels)
+    assert backbone.forward_batch >= 5  # the tiny CLIP fits the whole batch
+    chunked = build()
+    chunked.model.load_state_dict(backbone.model.state_dict())
+    chunked.forward_batch = 2  # as ViT-L @518 on the CPU gets 1
+    calls = []
+    run = chunked._intermediates
+    chunked._intermediates = lambda images: calls.append(len(images)) or run(images)
+    stages, global_ = chunked.encode_images(pixels)
+    assert calls == [2, 2, 1]
+    for got, want in zip(stages + [global_], whole_stages + [whole_global]):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsam_lib.config import CHOICES, CONFIG_DIR, ClipConfig
-from clipsam_lib.devices import resolve_device
+from clipsam_lib.devices import clip_extraction_batch, resolve_device
 from clipsam_lib.errors import WeightsError
 from clipsam_lib.modeling import BACKBONE_BUILDS, text_prompts
 from clipsam_lib.modeling import compiled as compiled_kernels
@@ -187,6 +187,11 @@ class ClipBackbone:
             )
         self._text_cache: dict[str, torch.Tensor] = {}
         self._intermediates = compiled_kernels.compiled(self._run_visual, cfg.compile)
+        # Images per forward pass: a larger batch is split, because on the CPU a batch
+        # whose activations outgrow the cache runs slower per image than batch 1
+        # (ViT-L @518 at batch 8: 1.16-1.23x, bench/backbones.py).
+        self.forward_batch = clip_extraction_batch(self.device, self.grid_size ** 2 + 1,
+                                                   self.width)
 
     # -- images ----------------------------------------------------------------------------
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
@@ -209,12 +214,19 @@ class ClipBackbone:
         ``[B, D]`` global image embedding: ``ln_post`` of the class token, projected).
 
         One forward pass gives both; the global embedding is the image-level score's input
-        (``eval.image_score: clip_global``).
+        (``eval.image_score: clip_global``). Runs ``forward_batch`` images at a time.
         """
+        chunks = []
         with torch.no_grad():
-            out = self._intermediates(images.to(self.device))
-        stages = [t.float() for t in out["image_intermediates"]]
-        return stages, out["image_features"].float()
+            for start in range(0, len(images), self.forward_batch):
+                out = self._intermediates(images[start:start + self.forward_batch]
+                                          .to(self.device))
+                chunks.append(([t.float() for t in out["image_intermediates"]],
+                               out["image_features"].float()))
+        if len(chunks) == 1:
+            return chunks[0]
+        stages = [torch.cat(parts) for parts in zip(*(c[0] for c in chunks))]
+        return stages, torch.cat([c[1] for c in chunks])
 
     def _run_visual(self, images: torch.Tensor) -> dict[str, Any]:
         # Autocast inside, so a compiled graph holds the casts it fuses.

@@ -127,7 +127,8 @@ class SamConfig:
     dtype: str = "fp32"
     # Image-encoder attention: "sdpa" = segment-anything's computation fused through
     # scaled_dot_product_attention (modeling.sam_attention; same weights, relative error
-    # ~4e-7; measured 1.33x faster in fp32, 1.08x in bf16 on SAM ViT-B, bench/backbones.py);
+    # ~4e-7; measured on SAM ViT-H on 2-core CPUs 1.53x faster in fp32, 0.87-1.25x in
+    # bf16 over three runs, bench/backbones.py);
     # "library" = segment-anything's own module.
     attention: str = "sdpa"
     compile: bool = False  # torch.compile of the image encoder (modeling.compiled)

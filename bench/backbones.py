@@ -29,7 +29,11 @@ counter's partial figure is printed beside it.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/backbones.py [--repeats 2] [--skip-sam]
         [--sam-model vit_b] [--skip-clip] [--clip-batches 1,8] [--skip-cache] [--compile]
-        [--dtypes fp32,bf16]
+        [--dtypes fp32,bf16] [--whole-batches] [--device cuda --sam-batches 1,4]
+
+On a GPU (``--device cuda``) the same rows are timed there, each timing between two
+``torch.cuda.synchronize`` calls; ``--sam-batches`` adds SAM encoder batch sizes (the
+extraction embeds one image at a time) to find the GPU's best batch.
 """
 
 from __future__ import annotations
@@ -51,22 +55,19 @@ from clipsam_lib.config import ClipConfig, load_profile
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Where every timed tensor lives (``--device``; set once in ``main``).
+DEVICE = torch.device("cpu")
 
 
 def autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
 
 def seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_timed(fn) for _ in range(repeats))
 
 
 def matmul_peak(dtype: str, repeats: int = 5, min_seconds: float = 0.3) -> float:
@@ -78,19 +79,27 @@ def matmul_peak(dtype: str, repeats: int = 5, min_seconds: float = 0.3) -> float
     """
     n = 256
     while True:
-        a = torch.randn(n, n, dtype=DTYPES[dtype])
-        b = torch.randn(n, n, dtype=DTYPES[dtype])
+        a = torch.randn(n, n, dtype=DTYPES[dtype], device=DEVICE)
+        b = torch.randn(n, n, dtype=DTYPES[dtype], device=DEVICE)
         first = _timed(functools.partial(torch.matmul, a, b))
-        if first >= min_seconds or n >= 4096:
+        if first >= min_seconds or n >= (16384 if DEVICE.type == "cuda" else 4096):
             break
         n *= 2
     best = min(_timed(functools.partial(torch.matmul, a, b)) for _ in range(repeats))
     return 2 * n**3 / best
 
 
+def _synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def _timed(fn: Callable[[], object]) -> float:
+    """Wall time of ``fn``, waiting for the GPU's queued work on both sides."""
+    _synchronize()
     start = time.perf_counter()
     fn()
+    _synchronize()
     return time.perf_counter() - start
 
 
@@ -136,14 +145,10 @@ def first_call(run: Callable[[], object], compile_: bool) -> dict:
     """Time the first call (where a compiled path compiles) and, for a compiled path, a
     second compilation after ``torch._dynamo.reset()``, which TorchInductor's on-disk cache
     serves: what a second process pays."""
-    start = time.perf_counter()
-    run()
-    out = {"first call": time.perf_counter() - start}
+    out = {"first call": _timed(run)}
     if compile_:
         torch._dynamo.reset()
-        start = time.perf_counter()
-        run()
-        out["cached compile call"] = time.perf_counter() - start
+        out["cached compile call"] = _timed(run)
     return out
 
 
@@ -169,10 +174,10 @@ def bench_clip(dtype: str, repeats: int, peak: float, batches: tuple[int, ...] =
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clip = ClipBackbone(cfg)
+        clip = ClipBackbone(cfg, DEVICE)
     if whole_batch:
         clip.forward_batch = max(batches)
-    pixels = {batch: torch.randn(batch, 3, 518, 518) for batch in batches}
+    pixels = {batch: torch.randn(batch, 3, 518, 518, device=DEVICE) for batch in batches}
 
     def run(batch: int):
         return clip.encode_stages(pixels[batch])
@@ -209,7 +214,8 @@ def bench_sam(dtype: str, repeats: int, peak: float, model: str = "vit_h",
     torch.manual_seed(0)
     encoder = sam_model_registry[model](checkpoint=None).image_encoder.eval().requires_grad_(False)
     swap_attention(encoder, attention)
-    pixels = torch.randn(batch, 3, 1024, 1024)
+    encoder.to(DEVICE)
+    pixels = torch.randn(batch, 3, 1024, 1024, device=DEVICE)
 
     def run():
         with torch.no_grad(), autocast(dtype):
@@ -274,12 +280,17 @@ def main() -> None:
     parser.add_argument("--clip-batches", default=f"1,{CLIP_EXTRACTION_BATCH}",
                         help="CLIP batch sizes (default: 1 and the extraction's)")
     parser.add_argument("--dtypes", default="fp32,bf16", help="which of fp32,bf16 to time")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--sam-batches", default="1",
+                        help="SAM encoder batch sizes (extraction runs 1; on a GPU try 1,4)")
     parser.add_argument("--whole-batches", action="store_true",
                         help="run each CLIP batch as one forward pass (not split into the "
                              "backbone's forward_batch), to time the unsplit batch")
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile paths (clip.compile, sam.compile)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.compile:
         from clipsam_lib.modeling.compiled import use_cache_folder
 
@@ -288,7 +299,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}"
+        f"{os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}, device "
+        f"{torch.cuda.get_device_name(DEVICE) if DEVICE.type == 'cuda' else 'cpu'}"
     )
     peaks = {dtype: matmul_peak(dtype) for dtype in DTYPES}
     for dtype, peak in peaks.items():
@@ -313,8 +325,9 @@ def main() -> None:
         sam_paths = [("library", False), ("sdpa", False)]
         sam_paths += [("sdpa", True)] if args.compile else []
         rows += [bench_sam(dtype, args.repeats, peaks[dtype], args.sam_model, attention,
-                           compile_=compile_)
-                 for dtype in dtypes for attention, compile_ in sam_paths]
+                           int(batch), compile_)
+                 for dtype in dtypes for batch in args.sam_batches.split(",")
+                 for attention, compile_ in sam_paths]
     print(
         f"\n{'model':34s} {'dtype':5s} {'batch':>5s} {'fwd':>3s} {'path':13s} {'s/img':>7s} "
         f"{'GFLOP':>7s} {'counter':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs library':>10s} "

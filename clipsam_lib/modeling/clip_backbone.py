@@ -187,9 +187,10 @@ class ClipBackbone:
             )
         self._text_cache: dict[str, torch.Tensor] = {}
         self._intermediates = compiled_kernels.compiled(self._run_visual, cfg.compile)
-        # Images per forward pass: a larger batch is split, because on the CPU a batch
-        # whose activations outgrow the cache runs slower per image than batch 1
-        # (ViT-L @518 at batch 8: 1.16-1.23x, bench/backbones.py).
+        # Images per forward pass: a larger batch is split, because on the CPU one pass of
+        # many images runs slower per image than batch 1 (ViT-L @518 bf16, one pass of 8:
+        # 1.12x head by head, 1.03x with open_clip's attention; split, 1.00x and 1.01x;
+        # bench/backbones.py, both sizes timed in turn).
         self.forward_batch = clip_extraction_batch(self.device, self.grid_size ** 2 + 1,
                                                    self.width)
 

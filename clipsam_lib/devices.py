@@ -54,10 +54,11 @@ def device_name(device: str | torch.device = "auto") -> str:
     return resolved.type
 
 
-# A CPU batch is kept to what its MLP activations fit in (about one ViT-L image at 518 px:
-# 1,370 tokens x 4,096 x 4 bytes = 22 MB). Measured with bench/backbones.py on 2 cores:
-# ViT-L batch 8 (180 MB) took 1.16-1.23x the per-image time of batch 1, fp32 and bf16,
-# while a small model's batch of 8 fits (the mini CLIP: 4 MB), so it keeps the batch.
+# A CPU forward pass is kept to what its MLP activations fit in (about one ViT-L image at
+# 518 px: 1,370 tokens x 4,096 x 4 bytes = 22 MB). Measured with bench/backbones.py on 2
+# cores, both sizes timed in turn: one bf16 pass of 8 ViT-L images (180 MB) took 1.12x
+# the per-image time of batch 1 head by head, 1.03x with open_clip's attention; a small
+# model's pass of 8 fits (the mini CLIP: 4 MB), so it keeps the batch.
 CPU_BATCH_BYTES = 32 * 2**20
 
 

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
-from clipsam_lib.devices import clip_extraction_batch
 from clipsam_lib.io_utils import atomic_path, disk_error, write_json_atomic
 from clipsam_lib.modeling import text_prompts
 
@@ -349,10 +348,10 @@ def extract_clip_features(
 
     Images already cached are skipped; the backbone (``ClipBackbone``) is built only when
     something is missing, unless one is passed. Safe to interrupt: finished images stay.
-    ``batch_size`` defaults to ``extraction_batch`` (what fits the CPU, 8 on GPUs).
+    ``batch_size`` defaults to the backbone's ``forward_batch`` (what fits the CPU, 8 on
+    GPUs), so each group is stored as soon as its one pass ends.
     """
     start = time.perf_counter()
-    batch_size = batch_size or extraction_batch(profile)
     store = ClipFeatureStore(profile)
     root = paths.dataset_root(profile, dataset_name)
     lazy = _clip_source(profile, backbone)
@@ -371,7 +370,7 @@ def extract_clip_features(
             cached += 1
             continue
         batch.append((key, image))
-        if len(batch) == batch_size:
+        if len(batch) == (batch_size or lazy.get().forward_batch):
             computed += _encode_and_store(store, lazy.get(), batch)
             batch = []
     computed += _encode_and_store(store, lazy.get(), batch) if batch else 0
@@ -394,12 +393,14 @@ def cache_clip_images(
     batch_size: int | None = None,
 ) -> list[str]:
     """Cache the stage tokens of in-memory images (e.g. mosaics); returns their image keys."""
-    batch_size = batch_size or extraction_batch(profile)
     store = ClipFeatureStore(profile)
     lazy = _clip_source(profile, backbone)
     keys = [image_hash(image) for image in images]
     todo = [(k, im) for k, im in zip(keys, images) if not store.has_image(k)]
     todo = list(dict(todo).items())  # identical images once
+    if not todo:
+        return keys
+    batch_size = batch_size or lazy.get().forward_batch
     for start in tqdm(range(0, len(todo), batch_size), desc="CLIP images", disable=not progress):
         _encode_and_store(store, lazy.get(), todo[start:start + batch_size])
     return keys
@@ -416,14 +417,6 @@ def _clip_source(profile: ProfileConfig, backbone: Any) -> Any:
 
     return Lazy(lambda: ClipBackbone(profile.clip, profile.device,
                                      compile_cache=paths.compile_cache_dir(profile)))
-
-
-def extraction_batch(profile: ProfileConfig) -> int:
-    """``devices.clip_extraction_batch`` for the profile's CLIP, without building it."""
-    from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
-
-    tokens = (profile.clip.image_size // clip_patch_size(profile.clip)) ** 2 + 1
-    return clip_extraction_batch(profile.device, tokens, clip_dims(profile.clip)[0])
 
 
 def _encode_and_store(

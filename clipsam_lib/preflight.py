@@ -214,9 +214,11 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
 
 def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str, int]:
     """Bytes the run writes, from the shapes: CLIP tokens (+ global embedding) per image,
-    SAM embeddings per evaluated image, float16 maps of about 30 variants per image."""
+    SAM embeddings per evaluated image, maps (``pipeline.MAP_DTYPE``) of about 30 variants
+    per image."""
     from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
     from clipsam_lib.modeling.sam_backbone import sam_embedding_shape
+    from clipsam_lib.pipeline import MAP_DTYPE
 
     width, embed_dim = clip_dims(profile.clip)
     grid = profile.clip.image_size // clip_patch_size(profile.clip)
@@ -229,7 +231,7 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str,
                     if any(name in d.test + d.generalization for d in profile.directions))
     side = profile.clip.image_size
     return {"cache": total * clip_bytes + evaluated * sam_bytes,
-            "results": evaluated * 30 * side * side * 2}
+            "results": evaluated * 30 * side * side * MAP_DTYPE().itemsize}
 
 
 def _check_folders(profile: ProfileConfig, report: Preflight, images: dict[str, int]) -> None:

@@ -143,11 +143,32 @@ def test_run_dataset_writes_resumes_and_keys_variants(toy, monkeypatch):
 
     rec, image = records[0], images[0]
     stored = np.load(maps.paths[rec["img_path"]])
-    assert stored.dtype == np.float16 and stored.shape == image.shape[:2]
+    assert stored.dtype == np.float32 and stored.shape == image.shape[:2]
     expected = ClipSAMPredictor(profile, umci).predict(image, "widget")
-    np.testing.assert_allclose(maps(rec), expected.final_map, atol=1e-3)
+    np.testing.assert_array_equal(maps(rec), expected.final_map)  # stored as computed
     assert maps.regions(rec) == len(expected.prompts) >= 1
     assert pipeline.read_variant(maps.dir)["config"]["mmr"] == profile.to_dict()["mmr"]
+
+
+def test_a_stored_map_keeps_the_order_of_near_zero_scores(tmp_path):
+    """A trained UMCI's rough map on unseen classes can sit below 1e-4 everywhere; the
+    metrics rank its pixels, so storing must not merge them. Hand-built case: 4096
+    distinct scores between 1e-6 and 2e-6 (float16 keeps about 17 levels there)."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = (1e-6 * (1 + np.linspace(0, 1, 4096))).astype(np.float32).reshape(64, 64)
+    labels = np.random.default_rng(0).random(scores.shape) < scores / scores.max() / 2
+    empty = mmr.Prompts(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32),
+                        np.zeros(0, np.int64), "point+box")
+    steps = mmr.MMRResult(scores, np.zeros_like(labels), empty, np.zeros((0, 3, 64, 64), bool),
+                          np.zeros((0, 3), np.float32), scores)
+    path = tmp_path / "map.npy"
+    pipeline._save_map(path, steps)
+    stored = pipeline.MapSet(tmp_path, "key", {"x": path})({"img_path": "x"})
+    assert len(np.unique(stored)) == scores.size
+    assert roc_auc_score(labels.ravel(), stored.ravel()) == roc_auc_score(labels.ravel(),
+                                                                          scores.ravel())
+    assert len(np.unique(scores.astype(np.float16))) < 100  # what float16 would keep
 
 
 def test_variants_never_share_a_map_folder(toy):

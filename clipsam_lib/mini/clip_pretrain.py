@@ -21,11 +21,12 @@ token only, and linear probes on its patch tokens stayed at chance on the benchm
 baseline reached pixel AUROC 62 / 69, and a logistic regression on all four tapped
 stages, fitted on one benchmark dataset's patches, 74-75 on the other's: the patch
 tokens said little about *where* a defect is, which is what the patch term teaches.
-Measured with it (recipe 95d6bb550798, same steps, UMCI 10 epochs): the baseline rose
-to 76.6 / 86.6 (64.0 / 75.6 without), but the rough maps then beat what the mini SAM's
-masks add, and MMR lowered the +UMCI map's F1-max in one direction (13.9 -> 12.0). The
-committed recipe keeps it off until the mini SAM is better; ``patch_loss=True`` is there
-to try.
+Measured with it (recipe 95d6bb550798, same steps, UMCI 10 epochs, float32 maps): the
+baseline rose to 76.5 / 86.6 (64.0 / 75.6 without) and +UMCI to 80.0 / 84.9 (70.3 /
+69.7), but the rough maps then beat what the mini SAM's masks add: MMR lowered the +UMCI
+map's F1-max on synth_mvtec (13.9 -> 13.1 with the committed SAM; with three other SAM
+recipes 11.9, 13.7 and 14.7, the last with AP 7.4 -> 6.6). The committed recipe keeps it
+off until the mini SAM is better; ``patch_loss=True`` is there to try.
 Pictures are preprocessed exactly as
 ``ClipBackbone.preprocess`` does at run time.
 """

@@ -53,7 +53,7 @@ class ClipRecipe:
     word_rate: float = 0.3  # captions whose class word is made up
     region_loss: bool = True  # ClipLoss on defect / defect-free regions too (clip_pretrain)
     # Each patch against its picture's two state captions (clip_pretrain.patch_state_loss).
-    # Off: measured on, it raised the APRIL-GAN baseline's pixel AUROC (76.6 / 86.6 against
+    # Off: measured on, it raised the APRIL-GAN baseline's pixel AUROC (76.5 / 86.6 against
     # 64.0 / 75.6) but left the mini SAM the weak link, so MMR then lowered the +UMCI rough
     # map's F1-max in one direction; see the recipe's note in clip_pretrain.
     patch_loss: bool = False

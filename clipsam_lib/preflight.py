@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.errors import PreflightFailed, UserError
@@ -73,8 +75,8 @@ def preflight(profile: ProfileConfig, *, deep: bool = False) -> Preflight:
     report = Preflight(profile.name)
     _check_weights(profile, report)
     _check_compiler(profile, report)
-    images = _check_datasets(profile, report, deep)
-    _check_folders(profile, report, images)
+    images, pixels = _check_datasets(profile, report, deep)
+    _check_folders(profile, report, images, pixels)
     return report
 
 
@@ -169,11 +171,14 @@ def _check_clip_tag(profile: ProfileConfig, report: Preflight) -> None:
 # -- datasets --------------------------------------------------------------------------------
 
 
-def _check_datasets(profile: ProfileConfig, report: Preflight, deep: bool) -> dict[str, int]:
-    """Index (or deep-check) every dataset; returns test images per dataset."""
+def _check_datasets(profile: ProfileConfig, report: Preflight,
+                    deep: bool) -> tuple[dict[str, int], dict[str, int]]:
+    """Index (or deep-check) every dataset; returns test images and their pixels (from the
+    files' headers) per dataset."""
     from clipsam_lib.data import DatasetError, load_or_build_index, records
 
     images: dict[str, int] = {}
+    pixels: dict[str, int] = {}
     for spec in profile.datasets:
         root = paths.dataset_root(profile, spec.name)
         report.cleaned += remove_stale_staging(root)
@@ -192,10 +197,21 @@ def _check_datasets(profile: ProfileConfig, report: Preflight, deep: bool) -> di
             report.problems.append(str(err.args[0] if err.args else err))
             continue
         images[spec.name] = len(recs)
+        pixels[spec.name] = sum(_pixels(root / rec["img_path"]) for rec in recs)
         classes = len({r["cls_name"] for r in recs})
         report.datasets.append(f"{spec.name}: {root} ({len(recs)} test images, {classes} "
                                f"classes{', every file decoded' if deep else ''})")
-    return images
+    return images, pixels
+
+
+def _pixels(path: Path) -> int:
+    """Height x width from the file's header (nothing decoded); 0 if it cannot be read,
+    which the deep check and the run itself report."""
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    except (OSError, ValueError):
+        return 0
 
 
 def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) -> None:
@@ -212,10 +228,14 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
 # -- folders and free space -------------------------------------------------------------------
 
 
-def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str, int]:
+MAPS_PER_IMAGE = 30  # notebooks 02-04 write about 30 map variants per evaluated image
+
+
+def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
+                    pixels: dict[str, int]) -> dict[str, int]:
     """Bytes the run writes, from the shapes: CLIP tokens (+ global embedding) per image,
-    SAM embeddings per evaluated image, maps (``pipeline.MAP_DTYPE``) of about 30 variants
-    per image."""
+    SAM embeddings per evaluated image, and maps of about 30 variants per evaluated image,
+    each at the image's original size (``pixels``) in ``pipeline.MAP_DTYPE``."""
     from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
     from clipsam_lib.modeling.sam_backbone import sam_embedding_shape
     from clipsam_lib.pipeline import MAP_DTYPE
@@ -229,13 +249,15 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int]) -> dict[str,
     total = sum(images.values())
     evaluated = sum(n for name, n in images.items()
                     if any(name in d.test + d.generalization for d in profile.directions))
-    side = profile.clip.image_size
+    evaluated_pixels = sum(n for name, n in pixels.items()
+                           if any(name in d.test + d.generalization for d in profile.directions))
     return {"cache": total * clip_bytes + evaluated * sam_bytes,
-            "results": evaluated * 30 * side * side * MAP_DTYPE().itemsize}
+            "results": evaluated_pixels * MAPS_PER_IMAGE * MAP_DTYPE().itemsize}
 
 
-def _check_folders(profile: ProfileConfig, report: Preflight, images: dict[str, int]) -> None:
-    needs = estimated_bytes(profile, images)
+def _check_folders(profile: ProfileConfig, report: Preflight, images: dict[str, int],
+                   pixels: dict[str, int]) -> None:
+    needs = estimated_bytes(profile, images, pixels)
     for label, folder in (("cache", paths.cache_dir(profile)),
                           ("results", paths.results_dir(profile))):
         problem = writable_problem(folder, f"the {label} folder")

@@ -399,3 +399,24 @@ def test_mask_threshold_reads_raw_values_for_the_deep_check(tmp_path):
     from clipsam_lib.data.io import read_mask
 
     assert read_mask(tmp_path / "m.png", 0.0, "raw").sum() == 1
+
+
+def test_the_preflight_counts_each_map_at_its_images_original_size(tmp_path):
+    """Maps are stored at each image's own size (float32), so the disk estimate adds up
+    the test images' pixels, counted here by decoding every file."""
+    import clipsam_lib.preflight as pre
+    from clipsam_lib.data.io import read_image_rgb
+
+    profile = tiny_profile(tmp_path).replace(directions=[{"train": "src", "test": ["dst"]}])
+    images, pixels = pre._check_datasets(profile, pre.Preflight(profile.name), deep=False)
+    tested = {name for d in profile.directions for name in d.test + d.generalization}
+    assert tested == {"dst"}
+    by_hand = 0
+    for name in tested:
+        files = sorted((tmp_path / name).glob("*/test/*/*.png"))
+        assert len(files) == images[name]
+        decoded = sum(read_image_rgb(f).shape[0] * read_image_rgb(f).shape[1] for f in files)
+        assert pixels[name] == decoded
+        by_hand += decoded
+    assert by_hand > 0
+    assert pre.estimated_bytes(profile, images, pixels)["results"] == by_hand * 30 * 4

@@ -145,7 +145,9 @@ def test_run_dataset_writes_resumes_and_keys_variants(toy, monkeypatch):
     stored = np.load(maps.paths[rec["img_path"]])
     assert stored.dtype == np.float32 and stored.shape == image.shape[:2]
     expected = ClipSAMPredictor(profile, umci).predict(image, "widget")
-    np.testing.assert_array_equal(maps(rec), expected.final_map)  # stored as computed
+    # Stored as computed: the batched and the one-image paths differ by float32 rounding
+    # only (measured 3e-7); float16 storage would be off by up to 2.4e-4 at these values.
+    np.testing.assert_allclose(maps(rec), expected.final_map, rtol=0, atol=2e-6)
     assert maps.regions(rec) == len(expected.prompts) >= 1
     assert pipeline.read_variant(maps.dir)["config"]["mmr"] == profile.to_dict()["mmr"]
 

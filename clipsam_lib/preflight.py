@@ -247,10 +247,9 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
     channels, rows, cols = sam_embedding_shape(profile.sam.model_type)
     sam_bytes = channels * rows * cols * element
     total = sum(images.values())
-    evaluated = sum(n for name, n in images.items()
-                    if any(name in d.test + d.generalization for d in profile.directions))
-    evaluated_pixels = sum(n for name, n in pixels.items()
-                           if any(name in d.test + d.generalization for d in profile.directions))
+    tested = {name for d in profile.directions for name in d.test + d.generalization}
+    evaluated = sum(n for name, n in images.items() if name in tested)
+    evaluated_pixels = sum(n for name, n in pixels.items() if name in tested)
     return {"cache": total * clip_bytes + evaluated * sam_bytes,
             "results": evaluated_pixels * MAPS_PER_IMAGE * MAP_DTYPE().itemsize}
 

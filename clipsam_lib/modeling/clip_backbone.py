@@ -188,9 +188,9 @@ class ClipBackbone:
         self._text_cache: dict[str, torch.Tensor] = {}
         self._intermediates = compiled_kernels.compiled(self._run_visual, cfg.compile)
         # Images per forward pass: a larger batch is split, because on the CPU one pass of
-        # many images runs slower per image than batch 1 (ViT-L @518 bf16, one pass of 8:
-        # 1.12x head by head, 1.03x with open_clip's attention; split, 1.00x and 1.01x;
-        # bench/backbones.py, both sizes timed in turn).
+        # many ViT-L images runs slower per image than batch 1 (devices.CPU_BATCH_BYTES
+        # gives the measurement; split, batch 8 ran 0.96-1.01x batch 1's time per image,
+        # fp32 and bf16).
         self.forward_batch = clip_extraction_batch(self.device, self.grid_size ** 2 + 1,
                                                    self.width)
 

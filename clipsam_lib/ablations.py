@@ -391,9 +391,8 @@ def figure_samples(
     trained = train_umci(ws, direction.train, progress=False)
     predictor = ClipSAMPredictor(ws, trained.checkpoint)
     root = ws.dataset(test).root
-    chosen = _spread_over_classes([r for r in ws.eval_records(test) if r["anomaly"]], n)
     samples = []
-    for rec in chosen:
+    for rec in figure_records(ws, test, n):
         image = read_image_rgb(root / rec["img_path"])
         gt = read_mask(root / rec["mask_path"], variant.eval.mask_threshold,
                        variant.eval.mask_binarization)
@@ -401,6 +400,12 @@ def figure_samples(
         samples.append(FigureSample(image, gt, result,
                                     f"{rec['cls_name']}/{rec['specie_name']}"))
     return samples
+
+
+def figure_records(ws: Workspace, test: str, n: int) -> list[dict[str, Any]]:
+    """The figures' images: ``n`` anomalous test images, one per class first (no choice
+    by how well the method does on them)."""
+    return _spread_over_classes([r for r in ws.eval_records(test) if r["anomaly"]], n)
 
 
 def _spread_over_classes(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -58,11 +58,13 @@ def _gt_contours(ax: plt.Axes, gt: np.ndarray | None, color: str = "lime") -> No
 
 
 def _prompts(ax: plt.Axes, prompts: Any) -> None:
+    """Boxes, and the points where they reach SAM (not in box-only mode)."""
     for (x0, y0, x1, y1), (x, y) in zip(prompts.boxes, prompts.points):
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1,
                                fill=False, edgecolor="#00e5ff", linewidth=1.2))
-        ax.plot([x], [y], marker="*", color="yellow", markersize=9,
-                markeredgecolor="black", markeredgewidth=0.6)
+        if prompts.mode != "box":
+            ax.plot([x], [y], marker="*", color="yellow", markersize=9,
+                    markeredgecolor="black", markeredgewidth=0.6)
 
 
 def _level_overlay(shape: tuple[int, int], masks: np.ndarray, level: int | None) -> np.ndarray:
@@ -142,9 +144,14 @@ def qualitative_figure(
 
 
 def mmr_steps_figure(
-    profile: ProfileConfig, samples: Sequence[FigureSample], name: str = "mmr_steps"
+    profile: ProfileConfig, samples: Sequence[FigureSample], name: str = "mmr_steps",
+    first_title: str = "binary map, boxes, points",
 ) -> Path:
-    """Per sample: binary map + prompts, then SAM's masks of level 1, 2 and 3 (with scores)."""
+    """Per sample: binary map + prompts, then SAM's masks of level 1, 2 and 3 (with scores).
+
+    ``sam_check.box_prompt_samples`` gives rows whose "binary map" is the ground truth
+    and whose prompts are its regions' boxes (``first_title`` then says so).
+    """
     n = len(samples)
     fig, axes = plt.subplots(n, 4, figsize=(9.5, _row_height(samples, 9.5 / 4) * n + 0.5),
                              squeeze=False)
@@ -165,7 +172,7 @@ def mmr_steps_figure(
                               f"max {level_scores.max():.2f}", fontsize=7)
         for ax in row:
             _off(ax)
-    titles = ("binary map, boxes, points", "level 1 (best score)", "level 2", "level 3")
+    titles = (first_title, "level 1 (best score)", "level 2", "level 3")
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -269,10 +269,13 @@ class MapSet:
     def __call__(self, rec: Record) -> np.ndarray:
         return np.load(self.paths[rec["img_path"]]).astype(np.float32)
 
+    def sidecar(self, rec: Record) -> dict[str, Any]:
+        """What MMR did in this image: regions, boxes, points (x, y) and SAM's scores."""
+        return json.loads(self.paths[rec["img_path"]].with_suffix(".json").read_text())
+
     def regions(self, rec: Record) -> int:
         """How many regions MMR refined in this image (0: the map is the rough map)."""
-        return int(json.loads(self.paths[rec["img_path"]].with_suffix(".json").read_text())
-                   ["regions"])
+        return int(self.sidecar(rec)["regions"])
 
 
 # Maps are stored as computed. Metrics rank pixels, and a trained UMCI's rough maps on

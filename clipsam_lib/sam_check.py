@@ -9,6 +9,7 @@ random init: ~0), from the cached image embeddings.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,38 +40,77 @@ def region_boxes(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return regions
 
 
-def box_prompt_ious(ws: Workspace, dataset: str,
-                    records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """One row per defect region: image, class, area, IoU of SAM's top mask for its box."""
+def gt_box_prompts(mask: np.ndarray) -> tuple[list[np.ndarray], Prompts]:
+    """Each defect region of ``mask`` and a box prompt per region (points are not sent)."""
+    regions = region_boxes(mask)
+    boxes = (np.stack([box for _, box in regions]) if regions
+             else np.zeros((0, 4), np.float32))
+    areas = np.array([region.sum() for region, _ in regions], dtype=np.int64)
+    return [region for region, _ in regions], Prompts(boxes[:, :2].copy(), boxes, areas,
+                                                      mode="box")
+
+
+@dataclass
+class BoxPromptResult:
+    """SAM's answer to an image's ground-truth boxes, as ``figures.mmr_steps_figure`` draws
+    it: binary = the ground truth, masks ``[N, 3, H, W]`` / scores ``[N, 3]`` sorted by
+    score, ious ``[N, 3]`` of each mask with its region."""
+
+    binary: np.ndarray
+    prompts: Prompts
+    masks: np.ndarray
+    scores: np.ndarray
+    ious: np.ndarray
+
+
+def _box_prompt_results(ws: Workspace, dataset: str, records: list[dict[str, Any]]):
+    """(record, ground truth, BoxPromptResult) per record with at least one region."""
     profile = ws.profile
     handle = ws.dataset(dataset)
-    records = [r for r in (records if records is not None else handle.records())
-               if r.get("mask_path")]
     # The embeddings MMR uses, from the cache (computed only for images it lacks); images
     # are known by the CLIP store's manifest, so a warm pass decodes none.
     cache = extract_sam_embeddings(profile, dataset, records, progress=False, backbone=ws.sam)
     store = ClipFeatureStore(profile)
     sam = ws.sam.get().model
-    rows = []
     for rec in records:
         mask = read_mask(handle.root / rec["mask_path"], profile.eval.mask_threshold,
                          profile.eval.mask_binarization)
-        regions = region_boxes(mask)
+        regions, prompts = gt_box_prompts(mask)
         if not regions:
             continue
         embedding = cached_embedding(cache, store.image_key(dataset, rec))
-        boxes = np.stack([box for _, box in regions])
-        # Box prompts only: the points are not sent to SAM (mode "box").
-        prompts = Prompts(boxes[:, :2].copy(), boxes, np.array([r.sum() for r, _ in regions]),
-                          mode="box")
-        masks, _ = decode_masks(sam, embedding, prompts)  # sorted by SAM's score
-        for (region, _), three in zip(regions, masks):
-            ious = [mask_iou(region, mask) for mask in three]
+        masks, scores = decode_masks(sam, embedding, prompts)  # sorted by SAM's score
+        ious = np.array([[mask_iou(region, m) for m in three]
+                         for region, three in zip(regions, masks)])
+        yield rec, mask, BoxPromptResult(mask, prompts, masks, scores, ious)
+
+
+def box_prompt_ious(ws: Workspace, dataset: str,
+                    records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per defect region: image, class, area, IoU of SAM's top mask for its box."""
+    records = [r for r in (records if records is not None else ws.dataset(dataset).records())
+               if r.get("mask_path")]
+    rows = []
+    for rec, _, result in _box_prompt_results(ws, dataset, records):
+        for area, ious in zip(result.prompts.areas, result.ious):
             rows.append({"dataset": dataset, "cls_name": rec["cls_name"],
                          "defect": rec.get("specie_name") or "(unnamed)",
-                         "img_path": rec["img_path"], "area": int(region.sum()),
-                         "iou": ious[0], "best_of_3_iou": max(ious)})
+                         "img_path": rec["img_path"], "area": int(area),
+                         "iou": float(ious[0]), "best_of_3_iou": float(ious.max())})
     return pd.DataFrame(rows)
+
+
+def box_prompt_samples(ws: Workspace, dataset: str, records: list[dict[str, Any]]) -> list:
+    """``figures.FigureSample`` rows of SAM's masks for each record's ground-truth boxes."""
+    from clipsam_lib.data.io import read_image_rgb
+    from clipsam_lib.figures import FigureSample
+
+    root = ws.dataset(dataset).root
+    records = [r for r in records if r.get("mask_path")]
+    return [FigureSample(read_image_rgb(root / rec["img_path"]), mask, result,
+                         f"{rec['cls_name']}/{rec.get('specie_name') or 'defect'}\n"
+                         f"top-mask IoU " + ", ".join(f"{i:.2f}" for i in result.ious[:, 0]))
+            for rec, mask, result in _box_prompt_results(ws, dataset, records)]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

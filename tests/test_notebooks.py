@@ -47,9 +47,13 @@ TABLES: dict[str, list[str]] = {
                        "median_best_of_3", *PROVENANCE],
     "sam_gt_box_iou_by_defect": ["dataset", "defect", "regions", "median_iou",
                                  "median_best_of_3", *PROVENANCE],
+    "mmr_pointing": ["variant", "train", "dataset", "anomalous_images", "map_hit", "chance",
+                     "prompts_on_defect", "images_with_a_prompt_on_defect", "note",
+                     *PROVENANCE],
 }
 PER_CATEGORY = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
-FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "mmr_steps", "final_bars"]
+FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "mmr_steps", "sam_gt_box",
+           "final_bars"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipsam_lib.sam_check import box_iou_summary, mask_iou, region_boxes
+from clipsam_lib.sam_check import box_iou_summary, gt_box_prompts, mask_iou, region_boxes
 
 
 def test_mask_iou_by_hand():
@@ -26,6 +26,17 @@ def test_regions_are_components_with_inclusive_boxes_and_specks_dropped():
     (region, box), = region_boxes(mask)
     assert region.sum() == 30
     assert box.tolist() == [3, 2, 8, 6]  # x0, y0, x1, y1, inclusive
+
+
+def test_ground_truth_prompts_are_box_only_one_per_region():
+    mask = np.zeros((20, 20), bool)
+    mask[2:7, 3:9] = True
+    mask[10:18, 12:15] = True
+    regions, prompts = gt_box_prompts(mask)
+    assert prompts.mode == "box" and len(prompts) == len(regions) == 2
+    assert prompts.boxes.tolist() == [[3, 2, 8, 6], [12, 10, 14, 17]]
+    assert prompts.areas.tolist() == [30, 24]
+    assert len(gt_box_prompts(np.zeros((5, 5), bool))[0]) == 0
 
 
 def test_summary_per_dataset_and_per_defect_by_hand():

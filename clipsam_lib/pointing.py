@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from clipsam_lib.config import EvalConfig
 from clipsam_lib.data.io import read_mask
 from clipsam_lib.workspace import Workspace
 
@@ -52,19 +53,28 @@ def prompt_hits(points: np.ndarray, region: np.ndarray) -> np.ndarray:
     return region[rows, cols]
 
 
-def pointing_row(run: Any, root: Path, tolerance: int = TOLERANCE) -> dict[str, Any]:
-    """The measures for one ``ablations.VariantRun`` (test images under ``root``), over
-    its anomalous test images."""
-    profile = run.profile
+def defect_regions(records: Sequence[dict[str, Any]], root: Path, eval_cfg: EvalConfig,
+                   tolerance: int = TOLERANCE) -> dict[str, np.ndarray]:
+    """``img_path`` -> tolerant defect region, for each test image with a defect."""
+    regions = {}
+    for rec in records:
+        if rec.get("mask_path"):
+            mask = read_mask(root / rec["mask_path"], eval_cfg.mask_threshold,
+                             eval_cfg.mask_binarization)
+            if mask.any():
+                regions[rec["img_path"]] = tolerant_region(mask, tolerance)
+    return regions
+
+
+def pointing_row(run: Any, regions: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The measures for one ``ablations.VariantRun`` over the images of ``regions``
+    (``defect_regions`` of its test set)."""
+    mmr_on = run.profile.mmr.enabled
     hits, chance, prompts, on_defect, any_on_defect = [], [], [], [], []
     for rec in run.records:
-        if not rec.get("mask_path"):
+        region = regions.get(rec["img_path"])
+        if region is None:
             continue
-        mask = read_mask(root / rec["mask_path"], profile.eval.mask_threshold,
-                         profile.eval.mask_binarization)
-        if not mask.any():
-            continue
-        region = tolerant_region(mask, tolerance)
         score_map = run.maps(rec)
         if score_map.shape != region.shape:
             raise ValueError(
@@ -73,31 +83,47 @@ def pointing_row(run: Any, root: Path, tolerance: int = TOLERANCE) -> dict[str, 
             )
         hits.append(map_hit(score_map, region))
         chance.append(float(region.mean()))
-        if profile.mmr.enabled:
+        if mmr_on:
             inside = prompt_hits(run.maps.sidecar(rec)["points"], region)
             prompts.append(len(inside))
             on_defect.extend(inside.tolist())
             any_on_defect.append(bool(inside.any()))
+    notes = [] if hits else ["no anomalous test image"]
     row = {"variant": run.label, "train": run.train_dataset, "dataset": run.test_dataset,
-           "anomalous_images": len(hits), "tolerance_px": tolerance,
-           "map_hit": float(np.mean(hits)) if hits else float("nan"),
-           "chance": float(np.mean(chance)) if chance else float("nan"),
-           "note": "" if hits else "no anomalous test image"}
-    if not profile.mmr.enabled:
-        row["note"] = "; ".join(filter(None, [row["note"], "MMR off: no prompts"]))
+           "anomalous_images": len(hits), "map_hit": _mean(hits), "chance": _mean(chance)}
+    if mmr_on:
+        row.update({"prompts_per_image": _mean(prompts, 0.0),
+                    "prompts_on_defect": _mean(on_defect, 0.0),
+                    "images_with_a_prompt_on_defect": _mean(any_on_defect, 0.0)})
     else:
-        row.update({"prompts_per_image": float(np.mean(prompts)) if prompts else 0.0,
-                    "prompts_on_defect": float(np.mean(on_defect)) if on_defect else 0.0,
-                    "images_with_a_prompt_on_defect":
-                        float(np.mean(any_on_defect)) if any_on_defect else 0.0})
-    return row
+        notes.append("MMR off: no prompts")
+    return {**row, "note": "; ".join(notes)}
+
+
+def _mean(values: list, empty: float = float("nan")) -> float:
+    return float(np.mean(values)) if values else empty
 
 
 def pointing_table(ws: Workspace, runs: Sequence[Any], tolerance: int = TOLERANCE
                    ) -> pd.DataFrame:
-    """One row per run (see ``pointing_row``); shares are fractions in [0, 1]."""
-    return pd.DataFrame([pointing_row(run, ws.dataset(run.test_dataset).root, tolerance)
-                         for run in runs])
+    """One row per run (see ``pointing_row``), with its provenance; shares are fractions
+    in [0, 1]. Each test set's masks are read once for all runs that binarize them alike."""
+    from clipsam_lib.provenance import provenance_columns
+
+    regions: dict[tuple, dict[str, np.ndarray]] = {}
+    rows = []
+    for run in runs:
+        cfg = run.profile.eval
+        key = (run.test_dataset, cfg.mask_threshold, cfg.mask_binarization)
+        if key not in regions:
+            regions[key] = defect_regions(run.records, ws.dataset(run.test_dataset).root,
+                                          cfg, tolerance)
+        rows.append({**pointing_row(run, regions[key]),
+                     "tolerance_px": tolerance,
+                     **provenance_columns(run.profile, protocol=run.profile.eval.protocol,
+                                          dataset_index_hash=run.index_hash,
+                                          config_hash=run.profile.hash())})
+    return pd.DataFrame(rows)
 
 
 PERCENT_COLUMNS = {
@@ -110,20 +136,14 @@ PERCENT_COLUMNS = {
 
 def write_pointing_table(ws: Workspace, runs: Sequence[Any], name: str = "mmr_pointing",
                          tolerance: int = TOLERANCE) -> pd.DataFrame:
-    """``pointing_table`` with provenance, written as ``results/<profile>/tables/<name>``."""
+    """``pointing_table``, written as ``results/<profile>/tables/<name>``."""
     from clipsam_lib import paths
-    from clipsam_lib.provenance import provenance_columns
     from clipsam_lib.tables import write_table
 
     table = pointing_table(ws, runs, tolerance)
     for column, label in PERCENT_COLUMNS.items():
         if column in table:
             table[label] = 100.0 * table[column]
-    for i, run in enumerate(runs):
-        for column, value in provenance_columns(
-                run.profile, protocol=run.profile.eval.protocol,
-                dataset_index_hash=run.index_hash, config_hash=run.profile.hash()).items():
-            table.loc[i, column] = value
     shown = ["variant", "train", "dataset", "anomalous_images",
              *[label for column, label in PERCENT_COLUMNS.items() if column in table],
              *(["prompts_per_image"] if "prompts_per_image" in table else [])]

@@ -72,7 +72,9 @@ def test_a_runs_row_by_hand(tmp_path):
         records.append(rec)
     run = SimpleNamespace(profile=profile, records=records, label="toy", train_dataset="t",
                           test_dataset="d", maps=MapSet(maps_dir, "key", paths))
-    row = pointing.pointing_row(run, root, tolerance=0)
+    regions = pointing.defect_regions(records, root, profile.eval, tolerance=0)
+    assert sorted(regions) == ["a.png", "b.png"]
+    row = pointing.pointing_row(run, regions)
     assert row["anomalous_images"] == 2
     assert row["map_hit"] == 0.5
     assert row["chance"] == 1 / (10 * 12)
@@ -80,5 +82,5 @@ def test_a_runs_row_by_hand(tmp_path):
     assert row["prompts_on_defect"] == 1 / 3
     assert row["images_with_a_prompt_on_defect"] == 0.5
     off = SimpleNamespace(**{**vars(run), "profile": profile.replace(**{"mmr.enabled": False})})
-    row = pointing.pointing_row(off, root, tolerance=0)
+    row = pointing.pointing_row(off, regions)
     assert "prompts_on_defect" not in row and "MMR off" in row["note"]

@@ -111,6 +111,13 @@ def protocol_mask(
     rec: Record, dataset_root: Path, cfg: EvalConfig, image_size: int
 ) -> np.ndarray:
     """The ground truth the protocol evaluates (bool); all False for a normal image."""
+    mask = ground_truth(rec, dataset_root, cfg)
+    return resize_mask_peer(mask, image_size) if cfg.protocol == "peer" else mask
+
+
+def ground_truth(rec: Record, dataset_root: Path, cfg: EvalConfig) -> np.ndarray:
+    """The record's mask at the image's original size, binarized as ``cfg`` says (bool;
+    all False for a normal image). A mask of another size than its image is an error."""
     height, width = int(rec["height"]), int(rec["width"])
     if rec.get("mask_path"):
         path = dataset_root / rec["mask_path"]
@@ -123,7 +130,7 @@ def protocol_mask(
         )
     else:
         mask = np.zeros((height, width), dtype=bool)
-    return resize_mask_peer(mask, image_size) if cfg.protocol == "peer" else mask
+    return mask
 
 
 def _check_config(cfg: EvalConfig, records: Sequence[Record]) -> None:

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import ndimage
 
 from clipsam_lib.config import EvalConfig
-from clipsam_lib.data.io import read_mask
+from clipsam_lib.evaluate import ground_truth
 from clipsam_lib.workspace import Workspace
 
 TOLERANCE = 15  # pixels at the original size (the pointing game's)
@@ -59,8 +59,7 @@ def defect_regions(records: Sequence[dict[str, Any]], root: Path, eval_cfg: Eval
     regions = {}
     for rec in records:
         if rec.get("mask_path"):
-            mask = read_mask(root / rec["mask_path"], eval_cfg.mask_threshold,
-                             eval_cfg.mask_binarization)
+            mask = ground_truth(rec, root, eval_cfg)
             if mask.any():
                 regions[rec["img_path"]] = tolerant_region(mask, tolerance)
     return regions

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from clipsam_lib.data.io import read_mask
+from clipsam_lib.evaluate import ground_truth
 from clipsam_lib.features import (
     ClipFeatureStore,
     cached_embedding,
@@ -64,17 +64,17 @@ class BoxPromptResult:
 
 
 def _box_prompt_results(ws: Workspace, dataset: str, records: list[dict[str, Any]]):
-    """(record, ground truth, BoxPromptResult) per record with at least one region."""
+    """(record, BoxPromptResult) per record with at least one defect region."""
     profile = ws.profile
-    handle = ws.dataset(dataset)
+    root = ws.dataset(dataset).root
+    records = [r for r in records if r.get("mask_path")]
     # The embeddings MMR uses, from the cache (computed only for images it lacks); images
     # are known by the CLIP store's manifest, so a warm pass decodes none.
     cache = extract_sam_embeddings(profile, dataset, records, progress=False, backbone=ws.sam)
     store = ClipFeatureStore(profile)
     sam = ws.sam.get().model
     for rec in records:
-        mask = read_mask(handle.root / rec["mask_path"], profile.eval.mask_threshold,
-                         profile.eval.mask_binarization)
+        mask = ground_truth(rec, root, profile.eval)
         regions, prompts = gt_box_prompts(mask)
         if not regions:
             continue
@@ -82,16 +82,15 @@ def _box_prompt_results(ws: Workspace, dataset: str, records: list[dict[str, Any
         masks, scores = decode_masks(sam, embedding, prompts)  # sorted by SAM's score
         ious = np.array([[mask_iou(region, m) for m in three]
                          for region, three in zip(regions, masks)])
-        yield rec, mask, BoxPromptResult(mask, prompts, masks, scores, ious)
+        yield rec, BoxPromptResult(mask, prompts, masks, scores, ious)
 
 
 def box_prompt_ious(ws: Workspace, dataset: str,
                     records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per defect region: image, class, area, IoU of SAM's top mask for its box."""
-    records = [r for r in (records if records is not None else ws.dataset(dataset).records())
-               if r.get("mask_path")]
+    records = records if records is not None else ws.dataset(dataset).records()
     rows = []
-    for rec, _, result in _box_prompt_results(ws, dataset, records):
+    for rec, result in _box_prompt_results(ws, dataset, records):
         for area, ious in zip(result.prompts.areas, result.ious):
             rows.append({"dataset": dataset, "cls_name": rec["cls_name"],
                          "defect": rec.get("specie_name") or "(unnamed)",
@@ -106,11 +105,10 @@ def box_prompt_samples(ws: Workspace, dataset: str, records: list[dict[str, Any]
     from clipsam_lib.figures import FigureSample
 
     root = ws.dataset(dataset).root
-    records = [r for r in records if r.get("mask_path")]
-    return [FigureSample(read_image_rgb(root / rec["img_path"]), mask, result,
+    return [FigureSample(read_image_rgb(root / rec["img_path"]), result.binary, result,
                          f"{rec['cls_name']}/{rec.get('specie_name') or 'defect'}\n"
                          f"top-mask IoU " + ", ".join(f"{i:.2f}" for i in result.ious[:, 0]))
-            for rec, mask, result in _box_prompt_results(ws, dataset, records)]
+            for rec, result in _box_prompt_results(ws, dataset, records)]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -58,7 +58,8 @@ def test_a_runs_row_by_hand(tmp_path):
              "normal": (None, (3, 3), [])}
     for name, (defect, peak, points) in cases.items():
         rec = {"img_path": f"{name}.png", "cls_name": "toy", "anomaly": defect is not None,
-               "mask_path": f"{name}_mask.png" if defect else None}
+               "mask_path": f"{name}_mask.png" if defect else None,
+               "height": shape[0], "width": shape[1]}
         if defect:
             mask = np.zeros(shape, np.uint8)
             mask[defect] = 255

@@ -6,7 +6,7 @@ The model is ``clipsam-mini-vit`` (``configs/clipsam-mini-vit.json``) built by
 - to the images and their captions, as CLIP is trained;
 - to *regions* and theirs: the mean patch token (projected like the pooled one) inside
   a picture's defects is captioned "damaged ...", the mean outside them "flawless ...";
-- and, with ``patch_loss`` (off in the committed recipe), to each *patch* and its
+- and, with ``patch_loss`` (on in the committed recipe), to each *patch* and its
   picture's two state captions: the softmax of (patch . "flawless ...", patch .
   "damaged ...") at the model's temperature, cross-entropy against whether the patch is
   a defect patch, the defect and the clean patches weighted alike. This is the
@@ -17,16 +17,14 @@ of a damaged clock.", "a flawless zorvek."). The region term is what a web-scale
 gets from billions of captions of local things and a miniature cannot: without it, a
 CLIP trained here on image captions alone told damaged from flawless with its class
 token only, and linear probes on its patch tokens stayed at chance on the benchmark
-(pixel AUROC 44-55 in the two directions). With the region term alone, the APRIL-GAN
-baseline reached pixel AUROC 62 / 69, and a logistic regression on all four tapped
-stages, fitted on one benchmark dataset's patches, 74-75 on the other's: the patch
-tokens said little about *where* a defect is, which is what the patch term teaches.
-Measured with it (recipe 95d6bb550798, same steps, UMCI 10 epochs, float32 maps): the
-baseline rose to 76.5 / 86.6 (64.0 / 75.6 without) and +UMCI to 80.0 / 84.9 (70.3 /
-69.7), but the rough maps then beat what the mini SAM's masks add: MMR lowered the +UMCI
-map's F1-max on synth_mvtec (13.9 -> 13.1 with the committed SAM; with three other SAM
-recipes 11.9, 13.7 and 14.7, the last with AP 7.4 -> 6.6). The committed recipe keeps it
-off until the mini SAM is better; ``patch_loss=True`` is there to try.
+(pixel AUROC 44-55 in the two directions). With the region term alone (recipe
+8162681dabbd, the one committed before), the APRIL-GAN baseline reached pixel AUROC
+64.0 / 75.6 and +UMCI 70.3 / 69.7: the patch tokens said little about *where* a defect
+is, which is what the patch term teaches. With it the baseline reaches 76.5 / 86.6 and
++UMCI 80.0 / 84.9 (same steps, UMCI 10 epochs, float32 maps). It was kept off while the
+mini SAM's best-of-three training made MMR lower those sharper rough maps' F1-max on
+synth_mvtec (13.9 -> 13.1); the SAM recipe that trains all three masks for box prompts
+(``SamRecipe.box_trains_all_masks``) raises it (13.9 -> 16.1), so both are on.
 Pictures are preprocessed exactly as
 ``ClipBackbone.preprocess`` does at run time.
 """

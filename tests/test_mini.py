@@ -186,3 +186,19 @@ def test_the_mini_clip_runs_at_another_image_size():
                                    pretrained=FILES["clip"], stages=(2, 6)))
     stages = clip.encode_stages(torch.randn(1, 3, 336, 336))
     assert stages[0].shape == (1, 24 * 24, 128)
+
+
+def test_box_prompts_train_all_three_masks_and_a_lone_point_its_best():
+    import dataclasses
+
+    from clipsam_lib.mini.recipes import SamRecipe
+    from clipsam_lib.mini.sam_pretrain import trained_mask_loss
+
+    # Two prompts' losses for SAM's three masks, worked out by hand.
+    losses = torch.tensor([[0.9, 0.2, 0.4], [0.3, 0.6, 0.9]])
+    recipe = SamRecipe()
+    assert recipe.box_trains_all_masks
+    assert trained_mask_loss(losses, False, recipe).item() == pytest.approx((0.2 + 0.3) / 2)
+    assert trained_mask_loss(losses, True, recipe).item() == pytest.approx(3.3 / 6)
+    best_only = dataclasses.replace(recipe, box_trains_all_masks=False)
+    assert trained_mask_loss(losses, True, best_only).item() == pytest.approx(0.25)

@@ -115,6 +115,18 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / ((pred + target).clamp(max=1).sum(-1)).clamp(min=1)
 
 
+def trained_mask_loss(mask_loss: torch.Tensor, has_box: bool, recipe: SamRecipe) -> torch.Tensor:
+    """The mask loss trained for K prompts' three masks (``mask_loss`` ``[K, 3]``).
+
+    An ambiguous prompt (a lone point) trains only its best mask; a prompt with a box,
+    with ``box_trains_all_masks``, trains all three to the region.
+    """
+    if has_box and recipe.box_trains_all_masks:
+        return mask_loss.mean()
+    best = mask_loss.argmin(dim=1)
+    return mask_loss.gather(1, best[:, None]).mean()
+
+
 def prompt_loss(sam, embedding: torch.Tensor, coords, boxes, targets: torch.Tensor,
                 recipe: SamRecipe) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's loss for K prompts on one image: (total, mean IoU of the trained masks)."""
@@ -133,10 +145,8 @@ def prompt_loss(sam, embedding: torch.Tensor, coords, boxes, targets: torch.Tens
     target = targets[:, None].expand_as(logits)
     focal = sigmoid_focal_loss(logits, target, reduction="none").mean((-2, -1))
     mask_loss = recipe.focal_weight * focal + recipe.dice_weight * dice_loss(logits, target)
-    best = mask_loss.argmin(dim=1)  # only the best of the three masks is trained
-    chosen = mask_loss.gather(1, best[:, None]).mean()
-    if boxes is not None and recipe.box_trains_all_masks:
-        chosen = mask_loss.mean()  # unambiguous: every mask should be the region
+    best = mask_loss.argmin(dim=1)  # the mask a lone point trains, and whose IoU is logged
+    chosen = trained_mask_loss(mask_loss, boxes is not None, recipe)
     with torch.no_grad():
         actual = mask_iou(logits, target)
     iou_loss = F.mse_loss(iou_pred, actual)

@@ -279,12 +279,12 @@ class MapSet:
 
 
 # Maps are stored as computed. Metrics rank pixels, and a trained UMCI's rough maps on
-# the other dataset can sit far below 1e-4 (the mini backbones', on synth_mvtec: image
-# maxima 8e-7 to 3e-5), where float16 steps by 6e-8: 13 to 500 levels below them. Stored
-# as float16, the smoke profile's +UMCI rough maps read pixel AUROC / PRO-l200 70.3 / 30.4
-# and 68.9 / 34.7 in the two directions, as computed 70.3 / 30.6 and 69.7 / 30.1;
-# +UMCI+MMR's AP on synth_mvtec read 4.8 instead of 6.4. Twice float16's disk (preflight
-# counts it).
+# the other dataset can sit far below 1e-4 (the earlier mini backbones', on synth_mvtec:
+# image maxima 8e-7 to 3e-5), where float16 steps by 6e-8: 13 to 500 levels below them.
+# Stored as float16, that smoke profile's +UMCI rough maps read pixel AUROC / PRO-l200
+# 70.3 / 30.4 and 68.9 / 34.7 in the two directions, as computed 70.3 / 30.6 and 69.7 /
+# 30.1; +UMCI+MMR's AP on synth_mvtec read 4.8 instead of 6.4. Twice float16's disk
+# (preflight counts it).
 MAP_DTYPE = np.float32
 
 

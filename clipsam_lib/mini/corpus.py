@@ -14,7 +14,8 @@ from the project's own templates and states (``modeling.text_prompts``).
 
 Measured and not adopted: a corpus of fresh views (crops anywhere at 35-100% of the
 short side, rotations up to 30 degrees, shuffled channels, gamma, inversions, a quarter of
-the pictures two sources side by side), trained with the committed recipes. The APRIL-GAN
+the pictures two sources side by side), trained with the earlier recipes (CLIP
+8162681dabbd without the patch loss, SAM b34aaf9b7c39 training the best mask only). The APRIL-GAN
 baseline's pixel AUROC rose from 64.0 / 75.6 to 67.2 / 77.5, but +UMCI went from
 70.3 / 69.7 to 66.1 / 70.7, and the mini SAM trained on it fell to a median ground-truth-
 box IoU of 0.375 / 0.316 (from 0.492 / 0.357; its final loss 0.77 against 0.52 in the same

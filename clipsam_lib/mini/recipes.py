@@ -77,7 +77,7 @@ class SamRecipe:
     box_jitter: float = 0.1  # box sides moved by N(0, 0.1 x side), as SAM's training
     # A prompt with a box is unambiguous: SAM trains one output for it. MMR asks for all
     # three (multimask_output=True, as the paper), so all three are trained to the region
-    # (sam_pretrain.prompt_loss; off, only the best of the three, as for a lone point).
+    # (sam_pretrain.trained_mask_loss; off, only the best of the three, as for a lone point).
     box_trains_all_masks: bool = True
     lr: float = 8e-4
     weight_decay: float = 0.1

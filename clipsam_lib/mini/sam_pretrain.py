@@ -115,7 +115,8 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / ((pred + target).clamp(max=1).sum(-1)).clamp(min=1)
 
 
-def trained_mask_loss(mask_loss: torch.Tensor, has_box: bool, recipe: SamRecipe) -> torch.Tensor:
+def trained_mask_loss(mask_loss: torch.Tensor, has_box: bool,
+                      recipe: SamRecipe) -> torch.Tensor:
     """The mask loss trained for K prompts' three masks (``mask_loss`` ``[K, 3]``).
 
     An ambiguous prompt (a lone point) trains only its best mask; a prompt with a box,

@@ -140,7 +140,9 @@ def prompt_loss(sam, embedding: torch.Tensor, coords, boxes, targets: torch.Tens
         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
     )
     # The loss is taken at half SAM's input size (twice the low-res masks): 4x cheaper
-    # than the full size, and still finer than the decoder's output.
+    # than the full size, and still finer than the decoder's output. Measured at the full
+    # size (crisp targets for thin scratches): 17.4 min against 13.8, held-out top-mask
+    # median IoU 0.628 against 0.619, scratches' ground-truth-box IoU 0.13 against 0.14.
     size = targets.shape[-1]
     logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
     target = targets[:, None].expand_as(logits)

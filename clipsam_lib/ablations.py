@@ -379,7 +379,8 @@ def figure_samples(
 
     Uses the variant's trained UMCI and the cached backbone features.
     """
-    from clipsam_lib.data.io import read_image_rgb, read_mask
+    from clipsam_lib.data.io import read_image_rgb
+    from clipsam_lib.evaluate import ground_truth
     from clipsam_lib.figures import FigureSample
     from clipsam_lib.pipeline import ClipSAMPredictor
     from clipsam_lib.train import train_umci
@@ -394,8 +395,7 @@ def figure_samples(
     samples = []
     for rec in figure_records(ws, test, n):
         image = read_image_rgb(root / rec["img_path"])
-        gt = read_mask(root / rec["mask_path"], variant.eval.mask_threshold,
-                       variant.eval.mask_binarization)
+        gt = ground_truth(rec, root, variant.eval)
         result = predictor.predict(image, rec["cls_name"])
         samples.append(FigureSample(image, gt, result,
                                     f"{rec['cls_name']}/{rec['specie_name']}"))

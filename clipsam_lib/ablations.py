@@ -141,6 +141,7 @@ class VariantRun:
     per_class: pd.DataFrame
     mean: pd.Series
     index_hash: str  # of the test dataset's index
+    checkpoint: Path | None = None  # the UMCI run's final.pt (train.train_umci)
 
 
 # Results of this process, by (variant config hash, direction, test dataset): variants
@@ -195,7 +196,8 @@ def _run_seed(ws: Workspace, label: str, direction: Direction, progress: bool
         )
         mean = macro_mean(per_class).iloc[0]
         _RUNS[memo] = VariantRun(label, variant, direction.train, test, maps, records,
-                                 per_class, mean, ws.dataset(test).index_hash)
+                                 per_class, mean, ws.dataset(test).index_hash,
+                                 trained.checkpoint)
         runs.append(_RUNS[memo])
     return runs
 

@@ -43,11 +43,12 @@ METRIC_NAMES = ("auroc", "ap", "f1_max")
 
 def clip_head(visual: nn.Module) -> nn.Module:
     """The CLIP's own map from residual-stream tokens to the text space: ``ln_post`` then
-    ``proj`` (float32 copies: the backbone may run in bf16)."""
-    proj = visual.proj.detach().float()
+    ``proj``, as float32 copies on the CPU, where the cached tokens and the loaded UMCI are
+    (the backbone may run in bf16, on a GPU)."""
+    proj = visual.proj.detach().float().cpu()
     linear = nn.Linear(proj.shape[0], proj.shape[1], bias=False)
     linear.weight.data.copy_(proj.T)
-    return nn.Sequential(copy.deepcopy(visual.ln_post).float(), linear).eval()
+    return nn.Sequential(copy.deepcopy(visual.ln_post).float().cpu(), linear).eval()
 
 
 def head_reading(baseline: UMCI, visual: nn.Module) -> UMCI:
@@ -88,6 +89,9 @@ def probe_rows(ws: Workspace, run: Any) -> list[dict[str, Any]]:
     from clipsam_lib.train import load_umci
 
     profile = run.profile
+    if run.checkpoint is None:
+        raise ValueError(f"The run {run.label!r} names no UMCI checkpoint: pass the runs "
+                         "ablations.variant_runs returns.")
     trained = load_umci(run.checkpoint)
     models = {HEAD: head_reading(trained, ws.clip.get().model.visual), TRAINED: trained}
     store = ClipFeatureStore(profile)
@@ -97,6 +101,8 @@ def probe_rows(ws: Workspace, run: Any) -> list[dict[str, Any]]:
     side, cfg = profile.clip.image_size, profile.eval
     labels = _stage_labels(profile)
     per_class: dict[tuple[str, str], list[dict[str, float]]] = {}
+    # One class at a time, each image's tokens read once for both readings: a class's
+    # 2 x (stages + 1) maps per image are held at the protocol's size (peer: S x S).
     for cls in names:
         records = [rec for rec in run.records if rec["cls_name"] == cls]
         masks = [protocol_mask(rec, root, cfg, side) for rec in records]
@@ -111,9 +117,19 @@ def probe_rows(ws: Workspace, run: Any) -> list[dict[str, Any]]:
             for k, label in enumerate(labels):
                 scores = ranking_scores(masks, [image[k] for image in per_image])
                 per_class.setdefault((reading, label), []).append(scores)
-    return [{"reading": reading, "stage": label, "n_classes": len(scores),
-             **{f"pixel_{m}": float(np.nanmean([s[m] for s in scores])) for m in METRIC_NAMES}}
+    return [{"reading": reading, "stage": label, **_macro_mean(scores)}
             for (reading, label), scores in per_class.items()]
+
+
+def _macro_mean(scores: list[dict[str, float]]) -> dict[str, Any]:
+    """The mean over the classes whose metrics are defined, and a note naming the others."""
+    defined = [s for s in scores if not np.isnan(s["auroc"])]
+    left_out = len(scores) - len(defined)
+    note = (f"{left_out} of {len(scores)} classes have no anomalous or no normal pixel: "
+            "left out of the mean") if left_out else ""
+    means = {f"pixel_{m}": float(np.mean([s[m] for s in defined])) if defined else float("nan")
+             for m in METRIC_NAMES}
+    return {"n_classes": len(defined), **means, "note": note}
 
 
 def probe_table(ws: Workspace, runs: Sequence[Any]) -> pd.DataFrame:

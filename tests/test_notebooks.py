@@ -50,6 +50,8 @@ TABLES: dict[str, list[str]] = {
     "mmr_pointing": ["variant", "train", "dataset", "anomalous_images", "map_hit", "chance",
                      "prompts_on_defect", "images_with_a_prompt_on_defect", "note",
                      *PROVENANCE],
+    "clip_stage_probe": ["train", "dataset", "reading", "stage", "pixel_auroc", "pixel_ap",
+                         "pixel_f1_max", "note", *PROVENANCE],
 }
 PER_CATEGORY = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
 FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "mmr_steps", "sam_gt_box",

@@ -67,3 +67,15 @@ def test_ranking_scores_match_scikit_learn_on_pooled_images_with_ties():
     assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert got["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     assert got["f1_max"] == pytest.approx(f1, abs=1e-12)
+
+
+def test_the_mean_leaves_out_classes_without_anomalous_pixels_and_says_so():
+    nan = float("nan")
+    scores = [{"auroc": 0.8, "ap": 0.3, "f1_max": 0.4}, {"auroc": nan, "ap": nan, "f1_max": nan},
+              {"auroc": 0.6, "ap": 0.1, "f1_max": 0.2}]
+    mean = stage_probe._macro_mean(scores)
+    assert mean["n_classes"] == 2 and mean["pixel_auroc"] == pytest.approx(0.7)
+    assert mean["pixel_ap"] == pytest.approx(0.2) and "1 of 3 classes" in mean["note"]
+    alone = stage_probe._macro_mean(scores[1:2])
+    assert np.isnan(alone["pixel_auroc"]) and alone["note"].startswith("1 of 1")
+    assert stage_probe._macro_mean(scores[:1])["note"] == ""

@@ -141,7 +141,7 @@ class VariantRun:
     per_class: pd.DataFrame
     mean: pd.Series
     index_hash: str  # of the test dataset's index
-    checkpoint: Path | None = None  # the UMCI run's final.pt (train.train_umci)
+    checkpoint: Path  # the UMCI run's final.pt (train.train_umci)
 
 
 # Results of this process, by (variant config hash, direction, test dataset): variants

@@ -57,7 +57,7 @@ class PooledScores:
 def segmentation_metrics(
     masks: np.ndarray | Sequence[np.ndarray],
     maps: np.ndarray | Sequence[np.ndarray],
-    pro_variant: str = "linear200",
+    pro_variant: str | None = "linear200",
     fpr_limit: float = 0.3,
 ) -> dict[str, float]:
     """Pixel-level AUROC, AP, F1-max and PRO of one class, on all its pixels pooled.
@@ -68,20 +68,22 @@ def segmentation_metrics(
         maps: anomaly scores, same shape(s) as ``masks``; any real dtype (float32 is kept
             as is, never copied to float64 wholesale).
         pro_variant: ``"linear200"`` (peers' ``cal_pro_score``), ``"mvtec"`` (official MVTec
-            AD AUPRO), or ``"both"``.
+            AD AUPRO), ``"both"``, or None (no PRO: the ranking metrics alone).
         fpr_limit: FPR integration limit of PRO, in (0, 1].
 
     Returns:
         ``{"auroc", "ap", "f1_max", "pro"}`` as floats in [0, 1]; with ``"both"``, the key
-        ``"pro"`` is replaced by ``"pro_linear200"`` and ``"pro_mvtec"``. NaN where a value
+        ``"pro"`` is replaced by ``"pro_linear200"`` and ``"pro_mvtec"``; with None there is
+        no PRO key. NaN where a value
         is undefined (no anomalous or no normal pixel; PRO without any anomalous region;
         linear200 on (near-)binary maps, with a warning).
 
     Raises:
         ValueError: mismatched shapes, NaN/inf scores, masks with values other than 0/1.
     """
-    if pro_variant not in PRO_VARIANTS:
-        raise ValueError(f"pro_variant must be one of {PRO_VARIANTS}, got {pro_variant!r}.")
+    if pro_variant is not None and pro_variant not in PRO_VARIANTS:
+        raise ValueError(f"pro_variant must be one of {PRO_VARIANTS} or None, got "
+                         f"{pro_variant!r}.")
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}.")
     pooled = pool_pixels(masks, maps)
@@ -91,7 +93,7 @@ def segmentation_metrics(
         result["pro_linear200"] = pro_linear200(pooled, fpr_limit)
     if pro_variant in ("mvtec", "both"):
         result["pro_mvtec"] = pro_mvtec(pooled, groups, fpr_limit)
-    if pro_variant != "both":
+    if pro_variant in ("linear200", "mvtec"):
         result["pro"] = result.pop(f"pro_{pro_variant}")
     return result
 

@@ -76,22 +76,12 @@ def _maps(model: UMCI, tokens: list[torch.Tensor], text: torch.Tensor, size: int
     return [m.numpy().astype(np.float32) for m in maps]
 
 
-def ranking_scores(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> dict[str, float]:
-    """Pixel AUROC, AP and F1-max of one class's pooled pixels (no PRO)."""
-    pooled = metrics.pool_pixels(list(masks), list(maps))
-    groups = metrics.positive_groups(pooled.neg, pooled.pos)
-    return metrics.ranking_metrics(pooled.neg.size, pooled.pos.size, groups)
-
-
 def probe_rows(ws: Workspace, run: Any) -> list[dict[str, Any]]:
     """One row per (reading, stage) for one ``ablations.VariantRun`` of the CLIP baseline:
     the macro mean over classes of each reading's pixel metrics on the run's test set."""
     from clipsam_lib.train import load_umci
 
     profile = run.profile
-    if run.checkpoint is None:
-        raise ValueError(f"The run {run.label!r} names no UMCI checkpoint: pass the runs "
-                         "ablations.variant_runs returns.")
     trained = load_umci(run.checkpoint)
     models = {HEAD: head_reading(trained, ws.clip.get().model.visual), TRAINED: trained}
     store = ClipFeatureStore(profile)
@@ -115,7 +105,8 @@ def probe_rows(ws: Workspace, run: Any) -> list[dict[str, Any]]:
                                       for m in stage_maps])
         for reading, per_image in maps.items():
             for k, label in enumerate(labels):
-                scores = ranking_scores(masks, [image[k] for image in per_image])
+                scores = metrics.segmentation_metrics(
+                    masks, [image[k] for image in per_image], pro_variant=None)
                 per_class.setdefault((reading, label), []).append(scores)
     return [{"reading": reading, "stage": label, **_macro_mean(scores)}
             for (reading, label), scores in per_class.items()]

@@ -307,3 +307,18 @@ def test_chunked_arithmetic_matches_references(monkeypatch):
     assert abs(got["f1_max"] - sklearn_f1_max(y, s)) < TOL
     assert abs(got["pro_mvtec"] - brute_force_mvtec_pro(masks, maps)) < TOL
     assert abs(got["pro_linear200"] - brute_force_linear200(masks, maps)) < TOL
+
+
+def test_without_pro_the_ranking_metrics_match_scikit_learn_on_pooled_images_with_ties():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((9, 11)) > 0.8, rng.random((9, 11)) > 0.9]
+    maps = [np.round(rng.random((9, 11)) + m, 1).astype(np.float32) for m in masks]
+    y = np.concatenate([m.ravel() for m in masks])
+    s = np.concatenate([m.ravel() for m in maps])
+    got = segmentation_metrics(masks, maps, pro_variant=None)
+    assert set(got) == {"auroc", "ap", "f1_max"}
+    precision, recall, _ = precision_recall_curve(y, s)
+    f1 = np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert got["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert got["f1_max"] == pytest.approx(f1, abs=1e-12)

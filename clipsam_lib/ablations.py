@@ -376,38 +376,54 @@ def figure_samples(
     direction: Direction | None = None,
     n: int = 4,
     overrides: dict[str, Any] | None = None,
+    *,
+    prompted_on_defect: bool = False,
 ) -> list[Any]:
     """Anomalous test images (one per class first) with ClipSAM's output, for the figures.
 
-    Uses the variant's trained UMCI and the cached backbone features.
+    Uses the variant's trained UMCI and the cached backbone features. With
+    ``prompted_on_defect``, only images where at least one of MMR's prompt points lies on
+    the defect (within ``pointing.TOLERANCE`` px, as ``mmr_pointing`` counts them), in the
+    same order: what SAM makes of MMR's prompts when they are right. That is a choice by
+    where MMR points, not by how good the final map is; the figure's name must say so.
     """
     from clipsam_lib.data.io import read_image_rgb
     from clipsam_lib.evaluate import ground_truth
     from clipsam_lib.figures import FigureSample
     from clipsam_lib.pipeline import ClipSAMPredictor
+    from clipsam_lib.pointing import TOLERANCE, prompt_hits, tolerant_region
     from clipsam_lib.train import train_umci
 
     ws = as_workspace(workspace).variant(overrides)
     variant = ws.profile
+    if prompted_on_defect and not variant.mmr.enabled:
+        raise ValueError("prompted_on_defect needs MMR's prompts; this variant has mmr.enabled "
+                         "false: drop the option or the override.")
     direction = direction or variant.directions[0]
     test = direction.test[0]
     trained = train_umci(ws, direction.train, progress=False)
     predictor = ClipSAMPredictor(ws, trained.checkpoint)
     root = ws.dataset(test).root
     samples = []
-    for rec in figure_records(ws, test, n):
+    for rec in figure_records(ws, test, None if prompted_on_defect else n):
         image = read_image_rgb(root / rec["img_path"])
         gt = ground_truth(rec, root, variant.eval)
         result = predictor.predict(image, rec["cls_name"])
+        if prompted_on_defect and not prompt_hits(result.prompts.points,
+                                                  tolerant_region(gt, TOLERANCE)).any():
+            continue
         samples.append(FigureSample(image, gt, result,
                                     f"{rec['cls_name']}/{rec['specie_name']}"))
+        if len(samples) == n:
+            break
     return samples
 
 
-def figure_records(ws: Workspace, test: str, n: int) -> list[dict[str, Any]]:
-    """The figures' images: ``n`` anomalous test images, one per class first (no choice
-    by how well the method does on them)."""
-    return _spread_over_classes([r for r in ws.eval_records(test) if r["anomaly"]], n)
+def figure_records(ws: Workspace, test: str, n: int | None) -> list[dict[str, Any]]:
+    """The figures' images: ``n`` (None: all) anomalous test images, one per class first
+    (no choice by how well the method does on them)."""
+    anomalous = [r for r in ws.eval_records(test) if r["anomaly"]]
+    return _spread_over_classes(anomalous, len(anomalous) if n is None else n)
 
 
 def _spread_over_classes(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

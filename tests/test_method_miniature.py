@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsam_lib import ablations, sam_check, stage_probe
+from clipsam_lib import ablations, pointing, sam_check, stage_probe
 from clipsam_lib.config import load_profile
 from clipsam_lib.evaluate import evaluate_maps, macro_mean
 from clipsam_lib.features import clip_score_lookup
@@ -214,3 +214,19 @@ def test_boxes_left_in_the_image_frame_fail_that_check(workspace, monkeypatch):
 
     monkeypatch.setattr(mmr, "prompts_to_sam_frame", unmapped)
     assert max(sam_box_medians(workspace).values()) < SAM_BOX_IOU_FLOOR
+
+
+def test_the_prompted_on_defect_figure_shows_only_prompts_on_a_defect(workspace):
+    """Its rows are the images where a prompt point lies on the (15-px tolerant) defect;
+    the plain figure's first images include one where none does (measured: none of its 4
+    has one), so the choice is not the plain figure's."""
+    def on_defect(sample) -> bool:
+        region = pointing.tolerant_region(sample.gt, pointing.TOLERANCE)
+        return bool(pointing.prompt_hits(sample.result.prompts.points, region).any())
+
+    chosen = ablations.figure_samples(workspace, n=4, prompted_on_defect=True)
+    assert len(chosen) == 4 and all(on_defect(sample) for sample in chosen)
+    assert not all(on_defect(sample) for sample in ablations.figure_samples(workspace, n=4))
+    with pytest.raises(ValueError, match="mmr.enabled"):
+        ablations.figure_samples(workspace, n=1, overrides={"mmr.enabled": False},
+                                 prompted_on_defect=True)

@@ -54,8 +54,8 @@ TABLES: dict[str, list[str]] = {
                          "pixel_f1_max", "note", *PROVENANCE],
 }
 PER_CATEGORY = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
-FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "mmr_steps", "sam_gt_box",
-           "final_bars"]
+FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "qualitative_prompt_on_defect",
+           "mmr_steps", "sam_gt_box", "final_bars"]
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,8 @@ def _box_prompt_results(ws: Workspace, dataset: str, records: list[dict[str, Any
 
 def box_prompt_ious(ws: Workspace, dataset: str,
                     records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """One row per defect region: image, class, area, IoU of SAM's top mask for its box."""
+    """One row per defect region: image, class, area, IoU of SAM's top mask for its box,
+    of the best of its three masks, and what SAM's mask grid allows (``grid_ceiling_iou``)."""
     records = records if records is not None else ws.dataset(dataset).records()
     sam = ws.sam.get().model
     rows = []

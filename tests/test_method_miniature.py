@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsam_lib import ablations, pointing, sam_check, stage_probe
+from clipsam_lib import ablations, draws, pointing, sam_check, stage_probe
 from clipsam_lib.config import load_profile
 from clipsam_lib.evaluate import evaluate_maps, macro_mean
 from clipsam_lib.features import clip_score_lookup
@@ -236,3 +236,25 @@ def test_the_prompted_on_defect_figure_shows_only_prompts_on_a_defect(workspace)
     with pytest.raises(ValueError, match="mmr.enabled"):
         ablations.figure_samples(workspace, n=1, overrides={"mmr.enabled": False},
                                  prompted_on_defect=True)
+
+
+# Other draws of the benchmark (clipsam_lib.draws; notebook 02's draw_comparisons, 8 draws,
+# bench/draw_spread.py): with UMCI trained on synth_visa, +UMCI is above the baseline's
+# pixel AUROC and MMR above the rough map's F1-max on all 8 draws (gaps on draws 1-3:
+# 9.6 / 1.8 / 1.3 and 2.1 / 2.1 / 3.5 points) and on AP on 7. Trained on synth_mvtec, MMR
+# beats the rough map's F1-max on 2 draws of 8 (the committed one among them), so only the
+# first direction is pinned across draws; the committed draw pins both (above).
+OTHER_DRAWS = (1, 2, 3)
+HOLDS_ON_EVERY_DRAW = ("+UMCI >= baseline, P-AUROC", "MMR > rough map, F1-max",
+                       "MMR > rough map, AP")
+
+
+def test_the_first_direction_holds_on_other_draws_of_the_benchmark(workspace):
+    rows = [row for seed in OTHER_DRAWS for row in draws.run_draw(workspace, seed, [0])]
+    counts = draws.comparison_counts(rows).set_index("comparison")
+    assert set(counts["train"]) == {"synth_visa"}
+    for comparison in HOLDS_ON_EVERY_DRAW:
+        row = counts.loc[comparison]
+        assert row["holds_on"] == len(OTHER_DRAWS) and row["gap_mean"] > MARGIN, (
+            f"{comparison}: holds on {row['holds_on']} of draws {OTHER_DRAWS} (fails on "
+            f"{row['draws_failing']}), mean gap {row['gap_mean']:.3f}")

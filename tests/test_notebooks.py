@@ -52,6 +52,13 @@ TABLES: dict[str, list[str]] = {
                      *PROVENANCE],
     "clip_stage_probe": ["train", "dataset", "reading", "stage", "pixel_auroc", "pixel_ap",
                          "pixel_f1_max", "note", *PROVENANCE],
+    "draw_rows": ["draw", "train", "dataset", "variant", "pixel_auroc", "pixel_f1_max",
+                  "pixel_ap", "pixel_pro_mvtec", "sam_median_iou", "note", *PROVENANCE],
+    "draw_spread": ["train", "dataset", "variant", "draws", "pixel_auroc_mean",
+                    "pixel_auroc_std", "pixel_auroc_min", "pixel_auroc_max",
+                    "sam_median_iou_mean", "note", *PROVENANCE],
+    "draw_comparisons": ["train", "dataset", "comparison", "draws", "holds_on", "gap_min",
+                         "gap_mean", "gap_max", "draws_failing", *PROVENANCE],
 }
 PER_CATEGORY = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
 FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "qualitative_prompt_on_defect",

@@ -13,7 +13,7 @@ shape right) and requires the same check to raise.
 
 And SAM's masks are what MMR adds, not the boxes it is prompted with:
 ``test_sams_masks_beat_their_filled_prompt_boxes`` fuses the filled prompt boxes in place
-of SAM's masks (measured: F1-max 11.8 vs 16.1 and 10.4 vs 19.5), which a prompt mapped to
+of SAM's masks (measured: F1-max 11.6 vs 16.4 and 10.3 vs 19.3), which a prompt mapped to
 the wrong place in SAM's frame, or masks ignored, would bring down to.
 
 The mini SAM alone: prompted with each defect region's own box, its top mask's median IoU

@@ -8,6 +8,11 @@ of the benchmark's sizes, into a scratch folder, and prints each draw's rows, th
 targets (baseline pixel AUROC >= 80, SAM median IoU >= 0.6).
 
     .venv/bin/python bench/draw_spread.py [--seeds 0 1 2 3 4 5 6 7] [--scale small|medium]
+                                          [--set KEY=VALUE ...]
+
+``--set`` overrides the smoke profile (YAML values, dotted keys), e.g. ``--set
+sam.checkpoint=/path/to/other_sam.safetensors``, so a change is judged on every draw
+rather than on the committed one.
 
 About 25 s per small draw and 2 min per medium draw on 2 CPU cores. Draw 0 at the small
 scale is the committed one: its rows match results/smoke/tables/ablation_modules and
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 
 def main() -> None:
@@ -30,6 +36,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--scale", default="small",
                         help="the benchmark's size preset (data.synthetic.SCALES)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="a profile override (dotted key, YAML "
+                        "value); repeatable")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the draws' data, caches and results (default: a "
                              "new temporary folder)")
@@ -41,9 +50,15 @@ def main() -> None:
     from clipsam_lib.config import load_profile
     from clipsam_lib.workspace import Workspace
 
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: write KEY=VALUE, e.g. sam.checkpoint=sam.safetensors")
+        overrides[key] = yaml.safe_load(value)
     profile = load_profile("smoke", synthetic_scale=args.scale,
                            data_dir=str(work / f"data_{args.scale}"),
-                           cache_dir=str(work / f"cache_{args.scale}"))
+                           cache_dir=str(work / f"cache_{args.scale}"), **overrides)
     ws = Workspace(profile)
     rows = []
     for seed in args.seeds:

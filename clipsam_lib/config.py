@@ -291,7 +291,8 @@ class ProfileConfig:
     )
     sweep_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     # Other draws (synthetic seeds) of the embedded benchmark for notebook 02's spread
-    # tables (clipsam_lib.draws); only for profiles whose datasets are all synthetic.
+    # tables (clipsam_lib.draws); skipped, and said, where a dataset is not synthetic (a
+    # smoke profile pointed at the user's own folders keeps working).
     spread_draws: list[int] = field(default_factory=list)
 
     # -- convenience -------------------------------------------------------------------
@@ -477,9 +478,6 @@ def _cross_checks(profile: ProfileConfig) -> list[str]:
         for key in ("name", "root"):
             if isinstance(getattr(spec, key), str) and not getattr(spec, key).strip():
                 problems.append(f"datasets[{i}].{key} is empty; give the dataset a {key}.")
-    if profile.spread_draws and not all(spec.synthetic for spec in profile.datasets):
-        problems.append("spread_draws lists other draws of the embedded benchmark, but not "
-                        "every dataset is synthetic; remove spread_draws for real datasets.")
     names = [spec.name for spec in profile.datasets]
     for name in {n for n in names if names.count(n) > 1}:
         problems.append(f"datasets: the name {name!r} is used twice; give each dataset its own.")

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from clipsam_lib import ablations, paths
+from clipsam_lib.config import ProfileConfig
 from clipsam_lib.workspace import Workspace
 
 VARIANTS = ("CLIP baseline", "+UMCI", "+UMCI+MMR")
@@ -40,12 +41,18 @@ COMPARISONS = (
 )
 
 
+def real_datasets(profile: ProfileConfig) -> list[str]:
+    """The profile's datasets that are not the embedded benchmark's (they have one draw)."""
+    return [spec.name for spec in profile.datasets if not spec.synthetic]
+
+
 def draw_workspace(ws: Workspace, seed: int) -> Workspace:
     """The workspace of draw ``seed`` (the profile's own draw is ``ws`` itself)."""
     profile = ws.profile
-    if not all(spec.synthetic for spec in profile.datasets):
+    if real_datasets(profile):
         raise ValueError(f"Profile {profile.name!r} has datasets that are not the embedded "
-                         f"benchmark's: other draws exist only for synthetic datasets.")
+                         f"benchmark's ({', '.join(real_datasets(profile))}): other draws "
+                         f"exist only for synthetic datasets; leave spread_draws empty.")
     if seed == profile.synthetic_seed:
         return ws
     return ws.variant({"synthetic_seed": seed,

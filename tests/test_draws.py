@@ -36,7 +36,7 @@ def test_the_profiles_own_draw_is_its_workspace_and_another_gets_its_own_folders
 
 
 def test_a_profile_with_real_datasets_has_no_other_draw():
-    with pytest.raises(ValueError, match="'paper'.*synthetic"):
+    with pytest.raises(ValueError, match="'paper'.*only for synthetic"):
         draws.draw_workspace(Workspace(load_profile("paper")), 1)
 
 
@@ -97,8 +97,12 @@ def test_the_tables_are_written_with_provenance(tmp_path, monkeypatch):
     assert len(tables["draw_comparisons"]) == len(draws.COMPARISONS)
 
 
-def test_a_profile_on_real_datasets_refuses_spread_draws():
-    from clipsam_lib.config import ConfigError
-
-    with pytest.raises(ConfigError, match="spread_draws.*synthetic"):
-        load_profile("paper", spread_draws=[1])
+def test_a_smoke_profile_on_the_users_folders_loads_and_has_no_other_draw(tmp_path):
+    """spread_draws stays valid (the smoke profile pointed at real folders must work);
+    the draws themselves are refused, naming the real dataset."""
+    profile = load_profile("smoke", datasets=[{"name": "mine", "layout": "mvtec",
+                                                "root": str(tmp_path)}],
+                           directions=[{"train": "mine", "test": ["mine"]}])
+    assert profile.spread_draws and draws.real_datasets(profile) == ["mine"]
+    with pytest.raises(ValueError, match="'smoke'.*mine.*spread_draws"):
+        draws.draw_workspace(Workspace(profile), 1)

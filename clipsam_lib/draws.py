@@ -130,28 +130,29 @@ def _index_hashes(table: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def write_spread_tables(ws: Workspace, rows: Sequence[dict[str, Any]]
                         ) -> dict[str, pd.DataFrame]:
-    """``draw_spread`` (each draw's rows, then mean / sd / range) and ``draw_comparisons``
-    under ``results/<profile>/tables/``, with the provenance columns."""
+    """``draw_rows`` (each draw's rows), ``draw_spread`` (mean, sd and range over the draws)
+    and ``draw_comparisons`` under ``results/<profile>/tables/``, with provenance."""
     from clipsam_lib.provenance import provenance_columns
     from clipsam_lib.tables import write_table
 
     profile = ws.profile
-    draws = sorted({r["draw"] for r in rows})
+    seeds = sorted({r["draw"] for r in rows})
     provenance = provenance_columns(profile)
     provenance.pop("dataset_index_hash")  # the rows name their draws' test sets
     folder = paths.results_subdir(profile, "tables")
     per_draw = pd.DataFrame(rows).assign(**provenance)
     spread = spread_table(rows).assign(**provenance)
     counts = comparison_counts(rows).assign(**provenance)
-    what = (f"profile {profile.name}; draws {', '.join(map(str, draws))} of the embedded "
-            f"benchmark, draw {profile.synthetic_seed} being the committed tables'")
+    what = (f"profile {profile.name}; draws {', '.join(map(str, seeds))} of the embedded "
+            f"benchmark, draw {profile.synthetic_seed} being the one the other tables use")
     write_table(per_draw, folder / "draw_rows",
                 caption=f"The module ablation and SAM's ground-truth-box check on each draw "
-                        f"({what}; x100)",
+                        f"({what}; map metrics x100, SAM's median IoU as a fraction)",
                 rendered=_per_draw_shown(per_draw))
     write_table(spread, folder / "draw_spread",
-                caption=f"Spread over draws of the embedded benchmark: mean +- standard "
-                        f"deviation [min, max] ({what}; x100)",
+                caption=f"Spread over draws of the embedded benchmark: mean ± standard "
+                        f"deviation [min, max] ({what}; map metrics x100, SAM's median IoU "
+                        f"as a fraction)",
                 rendered=_spread_shown(spread))
     write_table(counts, folder / "draw_comparisons",
                 caption=f"On how many draws each comparison of the module ablation holds, "
@@ -169,8 +170,9 @@ SHOWN = {"pixel_auroc": "P-AUROC", "pixel_pro_linear200": "PRO linear200",
 def _per_draw_shown(table: pd.DataFrame) -> pd.DataFrame:
     shown = table[["draw", "train", "dataset", "variant"]].copy()
     for column, label in SHOWN.items():
-        if column == "sam_median_iou":
-            shown[label] = table.get(column, float("nan"))
+        if column == "sam_median_iou":  # 3 decimals: one would round 0.554 up to 0.6
+            values = table.get(column, pd.Series(float("nan"), index=table.index))
+            shown[label] = ["–" if pd.isna(v) else f"{v:.3f}" for v in values]
         else:
             shown[f"{label} (%)"] = 100 * table[column]
     return shown

@@ -94,6 +94,12 @@ def test_the_tables_are_written_with_provenance(tmp_path, monkeypatch):
     for name in ("draw_spread", "draw_comparisons"):  # and a row over draws names them all
         assert pd.read_csv(folder / f"{name}.csv")["dataset_index_hash"].iloc[0] == "h0 h1"
     assert "70.5 ± 0.7 [70.0, 71.0]" in (folder / "draw_spread.md").read_text()
+    sam_rows = _rows({})
+    sam_rows.append({"draw": 0, "train": "", "dataset": "b", "variant": draws.SAM_ROW,
+                     "sam_median_iou": 0.554, "note": draws.SAM_NOTE,
+                     "dataset_index_hash": "h0"})
+    draws.write_spread_tables(ws, _rows(values) + sam_rows)
+    assert "| 0.554 |" in (folder / "draw_rows.md").read_text()  # not rounded to 0.6
     assert len(tables["draw_comparisons"]) == len(draws.COMPARISONS)
 
 

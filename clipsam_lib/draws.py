@@ -29,6 +29,8 @@ VARIANTS = ("CLIP baseline", "+UMCI", "+UMCI+MMR")
 SAM_ROW = "SAM, ground-truth boxes"
 METRICS = ("pixel_auroc", "pixel_pro_linear200", "pixel_pro_mvtec", "pixel_f1_max", "pixel_ap")
 SAM_NOTE = "SAM's check: the median IoU of its top mask for each defect's own box; no map"
+PROVENANCE = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash",
+              "protocol", "device", "dtype", "date")
 # Each comparison: (label, (metric, variant that should be higher, variant it is compared to)).
 COMPARISONS = (
     ("+UMCI >= baseline, P-AUROC", ("pixel_auroc", "+UMCI", "CLIP baseline")),
@@ -65,23 +67,25 @@ def run_draw(ws: Workspace, seed: int, directions: Sequence[int | str] | None = 
     """Build draw ``seed``'s benchmark and CLIP features where missing, then run the three
     variants and SAM's ground-truth-box check on it; one row per (direction, variant)."""
     from clipsam_lib.extract import extract_profile_features
+    from clipsam_lib.provenance import provenance_columns
     from clipsam_lib.sam_check import box_prompt_ious
 
     draw = draw_workspace(ws, seed)
     ablations.ensure_data(draw.profile)
     extract_profile_features(draw, progress=progress)
     variants = ablations.TABLES["ablation_modules"][1]
-    rows = []
-    for run in ablations.variant_runs(draw, {v: variants[v] for v in VARIANTS}, directions,
-                                      progress):
-        rows.append({"draw": seed, "train": run.train_dataset, "dataset": run.test_dataset,
-                     "variant": run.label, **{m: float(run.mean[m]) for m in METRICS},
-                     "note": "", "dataset_index_hash": run.index_hash})
-    for test in dict.fromkeys(row["dataset"] for row in rows):
+    runs = ablations.variant_runs(draw, {v: variants[v] for v in VARIANTS}, directions,
+                                  progress)
+    # The module ablation's own rows (each names the draw's config and test set).
+    table = ablations.table_rows(runs, per_seed=True).assign(draw=seed)
+    rows = table[["draw", "train", "dataset", "variant", *METRICS, "note",
+                  *PROVENANCE]].to_dict("records")
+    for test in table["dataset"].unique():
         ious = box_prompt_ious(draw, test, draw.eval_records(test))
         rows.append({"draw": seed, "train": "", "dataset": test, "variant": SAM_ROW,
                      "sam_median_iou": float(ious["iou"].median()), "note": SAM_NOTE,
-                     "dataset_index_hash": draw.dataset(test).index_hash})
+                     **provenance_columns(draw.profile,
+                                          dataset_index_hash=draw.dataset(test).index_hash)})
     return rows
 
 
@@ -137,10 +141,11 @@ def write_spread_tables(ws: Workspace, rows: Sequence[dict[str, Any]]
 
     profile = ws.profile
     seeds = sorted({r["draw"] for r in rows})
+    # Rows over draws: the profile's provenance, and every draw's test set (from the rows).
     provenance = provenance_columns(profile)
-    provenance.pop("dataset_index_hash")  # the rows name their draws' test sets
+    provenance.pop("dataset_index_hash")
     folder = paths.results_subdir(profile, "tables")
-    per_draw = pd.DataFrame(rows).assign(**provenance)
+    per_draw = pd.DataFrame(rows)  # each draw's rows carry their own provenance
     spread = spread_table(rows).assign(**provenance)
     counts = comparison_counts(rows).assign(**provenance)
     what = (f"profile {profile.name}; draws {', '.join(map(str, seeds))} of the embedded "

@@ -10,16 +10,18 @@ import pytest
 
 from clipsam_lib import draws, paths
 from clipsam_lib.config import load_profile
+from clipsam_lib.provenance import provenance_columns
 from clipsam_lib.workspace import Workspace
 
 
 def _rows(values: dict[tuple[int, str], dict[str, float]]) -> list[dict]:
     """Rows of one direction: {(draw, variant): metrics}; missing metrics are 0.5."""
+    provenance = provenance_columns(load_profile("smoke"))
     rows = []
     for (draw, variant), metrics in values.items():
         rows.append({"draw": draw, "train": "a", "dataset": "b", "variant": variant,
                      **{m: metrics.get(m, 0.5) for m in draws.METRICS}, "note": "",
-                     "dataset_index_hash": f"h{draw}"})
+                     **provenance, "dataset_index_hash": f"h{draw}"})
     return rows
 
 

@@ -19,7 +19,11 @@ About 25 s per small draw and 2 min per medium draw on 2 CPU cores. Measured 202
 2,000-step SAM that follows boxes better (``--set sam.checkpoint=...``, recipe
 1fa06ea42da5, not committed) the ground-truth-box median rises to 0.584 / 0.651 on
 average, and MMR's F1-max gain over the rough map falls to +0.0 / +0.2 points on average
-(4 and 2 of 8 draws), against +2.9 / +0.9 (8 and 2 of 8) with the committed SAM. Draw 0 at the small
+(4 and 2 of 8 draws), against +2.9 / +0.9 (8 and 2 of 8) with the committed SAM.
+With the mini CLIP trained 800 steps instead of 600 (``--set clip.pretrained=...``, not
+committed: 19.9 min of pretraining), +UMCI's pixel AUROC is 79.8 / 79.5 on average
+(77.9 / 77.1), and with UMCI trained on synth_mvtec +UMCI reaches the baseline on 4 of 8
+draws (2) and MMR beats the rough map's F1-max on 4 of 8 (2). Draw 0 at the small
 scale is the committed one: its rows match results/smoke/tables/ablation_modules and
 sam_gt_box_iou to this machine's rounding.
 """

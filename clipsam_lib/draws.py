@@ -48,8 +48,11 @@ def real_datasets(profile: ProfileConfig) -> list[str]:
     return [spec.name for spec in profile.datasets if not spec.synthetic]
 
 
-def draw_workspace(ws: Workspace, seed: int) -> Workspace:
-    """The workspace of draw ``seed`` (the profile's own draw is ``ws`` itself)."""
+def draw_workspace(ws: Workspace, seed: int,
+                   directions: Sequence[int | str] | None = None) -> Workspace:
+    """The workspace of draw ``seed``: the profile's own draw is ``ws`` itself; another
+    draw's profile holds only the chosen directions and the datasets they train and test
+    on, so that building its benchmark and filling its caches touch nothing else."""
     profile = ws.profile
     if real_datasets(profile):
         raise ValueError(f"Profile {profile.name!r} has datasets that are not the embedded "
@@ -57,9 +60,15 @@ def draw_workspace(ws: Workspace, seed: int) -> Workspace:
                          f"exist only for synthetic datasets; leave spread_draws empty.")
     if seed == profile.synthetic_seed:
         return ws
-    return ws.variant({"synthetic_seed": seed,
-                       "data_dir": f"{profile.data_dir}-draws/seed{seed}",
-                       "cache_dir": f"{profile.cache_dir}-draws/seed{seed}"})
+    picked = ablations.select_directions(profile, directions)
+    used = {d.train for d in picked} | {t for d in picked for t in d.test}
+    return ws.variant({
+        "synthetic_seed": seed,
+        "data_dir": f"{profile.data_dir}-draws/seed{seed}",
+        "cache_dir": f"{profile.cache_dir}-draws/seed{seed}",
+        "datasets": [spec for spec in profile.to_dict()["datasets"] if spec["name"] in used],
+        "directions": [{"train": d.train, "test": list(d.test)} for d in picked],
+    })
 
 
 def run_draw(ws: Workspace, seed: int, directions: Sequence[int | str] | None = None,
@@ -70,12 +79,12 @@ def run_draw(ws: Workspace, seed: int, directions: Sequence[int | str] | None = 
     from clipsam_lib.provenance import provenance_columns
     from clipsam_lib.sam_check import box_prompt_ious
 
-    draw = draw_workspace(ws, seed)
+    draw = draw_workspace(ws, seed, directions)
     ablations.ensure_data(draw.profile)
     extract_profile_features(draw, progress=progress)
     variants = ablations.TABLES["ablation_modules"][1]
-    runs = ablations.variant_runs(draw, {v: variants[v] for v in VARIANTS}, directions,
-                                  progress)
+    picked = directions if draw is ws else None  # another draw holds only those directions
+    runs = ablations.variant_runs(draw, {v: variants[v] for v in VARIANTS}, picked, progress)
     # The module ablation's own rows (each names the draw's config and test set).
     table = ablations.table_rows(runs, per_seed=True).assign(draw=seed)
     rows = table[["draw", "train", "dataset", "variant", *METRICS, "note",
@@ -122,14 +131,18 @@ def comparison_counts(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
                         "gap_max": float(gap.max()),
                         "draws_failing": " ".join(str(d) for d in gap.index[~holds])
                         or "none",
-                        "dataset_index_hash": " ".join(dict.fromkeys(group["dataset_index_hash"]))})
+                        "dataset_index_hash": _joined(group["dataset_index_hash"])})
     return pd.DataFrame(out)
 
 
+def _joined(hashes: pd.Series) -> str:
+    """The draws' test-set index hashes, each once, in draw order."""
+    return " ".join(dict.fromkeys(hashes))
+
+
 def _index_hashes(table: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """Per group, its draws' test-set index hashes (one per draw, in draw order)."""
-    return table.groupby(keys, sort=False)["dataset_index_hash"].agg(
-        lambda hashes: " ".join(dict.fromkeys(hashes)))
+    """Per group, ``_joined`` over its rows."""
+    return table.groupby(keys, sort=False)["dataset_index_hash"].agg(_joined)
 
 
 def write_spread_tables(ws: Workspace, rows: Sequence[dict[str, Any]]

@@ -37,6 +37,17 @@ def test_the_profiles_own_draw_is_its_workspace_and_another_gets_its_own_folders
         paths.project_root() / "data" / "smoke-draws" / "seed3" / "synth_mvtec")
 
 
+def test_another_draw_holds_only_the_chosen_directions_and_their_datasets():
+    ws = Workspace(load_profile("smoke"))
+    both = draws.draw_workspace(ws, 3).profile
+    assert [s.name for s in both.datasets] == ["synth_mvtec", "synth_visa"]  # no MTD, KSDD2
+    assert [(d.train, d.test, d.generalization) for d in both.directions] == [
+        ("synth_visa", ["synth_mvtec"], []), ("synth_mvtec", ["synth_visa"], [])]
+    first = draws.draw_workspace(ws, 3, directions=[0]).profile
+    assert [d.train for d in first.directions] == ["synth_visa"]
+    assert {s.name for s in first.datasets} == {"synth_visa", "synth_mvtec"}
+
+
 def test_a_profile_with_real_datasets_has_no_other_draw():
     with pytest.raises(ValueError, match="'paper'.*only for synthetic"):
         draws.draw_workspace(Workspace(load_profile("paper")), 1)

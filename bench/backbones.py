@@ -346,7 +346,7 @@ def main() -> None:
         print(
             f"{r['model']:34s} {r['dtype']:5s} {r['batch']:5d} {r['forward batch']:3d} "
             f"{r['path']:13s} "
-            f"{r['s/img']:7.2f} {r['GFLOP']:7.0f} {r['counter GFLOP']:8.0f} "
+            f"{r['s/img']:7.3g} {r['GFLOP']:7.0f} {r['counter GFLOP']:8.0f} "
             f"{r['GFLOP/s']:8.1f} {100 * r['of peak']:7.1f}% {speedup:9.2f}x "
             f"{r['first call']:7.1f}s {'' if cached is None else f'{cached:6.1f}s'}"
         )

@@ -64,10 +64,11 @@ def main() -> None:
     out = paths.results_subdir(profile, "tables") / "cost"
     shown = cost.assign(**{
         "peak RSS (GiB)": cost["peak_rss_bytes"] / 2**30,
+        "peak GPU (GiB)": cost["peak_gpu_bytes"] / 2**30,
         "disk (MiB)": cost["disk_bytes"] / 2**20,
         "cache read (MiB)": cost["cache_bytes_read"] / 2**20,
         "paper estimate (h)": cost["paper_seconds_estimate"] / 3600,
-    })[["stage", "images", "seconds", "peak RSS (GiB)", "disk (MiB)", "clip_builds",
+    })[["stage", "images", "seconds", "peak RSS (GiB)", "peak GPU (GiB)", "disk (MiB)", "clip_builds",
         "sam_builds", "cache read (MiB)", "paper_images", "paper estimate (h)"]]
     write_table(cost, out, rendered=shown, caption=(
         f"Rehearsal of the paper profile ({ws.device}, {os.cpu_count()} cores): cost per "

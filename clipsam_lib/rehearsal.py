@@ -29,6 +29,7 @@ from typing import Any, Self
 
 import pandas as pd
 import psutil
+import torch
 
 from clipsam_lib import paths
 from clipsam_lib.features import FeatureCache
@@ -50,6 +51,7 @@ class StageCost:
     images: int  # images through the stage (x epochs for fitting)
     seconds: float
     peak_rss_bytes: int
+    peak_gpu_bytes: int  # torch's peak CUDA allocation in the stage (0 off a GPU)
     disk_bytes: int  # added under the cache and results folders
     clip_builds: int
     sam_builds: int
@@ -71,6 +73,8 @@ class _Meter:
         self.start_builds = dict(BACKBONE_BUILDS)
         self.start_read = FeatureCache.bytes_read
         self.peak = self.process.memory_info().rss
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -86,6 +90,7 @@ class _Meter:
         self._stop.set()
         self._sampler.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
+        self.gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         self.disk = sum(_folder_bytes(f) for f in self.folders) - self.start_disk
         self.builds = {k: BACKBONE_BUILDS[k] - self.start_builds.get(k, 0)
                        for k in ("clip", "sam")}
@@ -126,7 +131,8 @@ def rehearse(
         with _Meter(folders) as meter:
             result = work()
         per_image = meter.seconds / images if images else 0.0
-        row = StageCost(name, images, meter.seconds, meter.peak, meter.disk,
+        row = StageCost(name, images, meter.seconds, meter.peak, meter.gpu_peak,
+                        meter.disk,
                         meter.builds["clip"], meter.builds["sam"], meter.read, paper_images,
                         per_image * paper_images, scaling)
         rows.append(row)

@@ -196,3 +196,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_results_dir(tmp_path_factory) -> Path:
+    """One results folder for the tests that train the smoke profile's UMCIs.
+
+    UMCI checkpoints live under the results folder (``train.run_dir``), keyed by what
+    determines them; the miniature's tests and the notebook run train the same ones, so
+    sharing the folder trains each once (as ``make reproduce`` after a test run would).
+    """
+    return tmp_path_factory.mktemp("smoke-results")

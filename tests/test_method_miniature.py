@@ -87,9 +87,9 @@ def check_method(rows: dict[str, dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(smoke_results_dir):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIPSAM_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
+        mp.setenv("CLIPSAM_RESULTS_DIR", str(smoke_results_dir))
         mp.setenv("HF_HUB_OFFLINE", "1")
         from clipsam_lib.data.synthetic import build_embedded_benchmark
 

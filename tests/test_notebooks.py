@@ -2,9 +2,10 @@
 README's main command run): the tables and figures the issues promise exist, carry their
 columns and provenance, and no value is missing without a stated reason.
 
-One run for the module, into a temporary results folder; the embedded benchmark and the
-feature caches are shared with the project (they are keyed by content, so reusing them
-changes no number).
+One run for the module, into a temporary results folder shared with the miniature's tests
+(the UMCIs both train are trained once); the embedded benchmark and the feature caches
+are shared with the project (they are keyed by content, so reusing them changes no
+number). The profile is smoke.yaml with fewer other draws of the benchmark (TEST_DRAWS).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import re
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 
+from clipsam_lib.config import CONFIG_DIR
 from clipsam_lib.paths import project_root
 from clipsam_lib.runner import numbered_notebooks, run_notebooks
 
@@ -65,14 +68,23 @@ FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "qualitative_promp
            "mmr_steps", "sam_gt_box", "final_bars"]
 
 
+# Notebook 02 runs the module ablation on the profile's other draws of the benchmark
+# (smoke: 7, about 23 s each); three show the tables are made, and their UMCIs on draws 1-3
+# are the ones tests/test_method_miniature.py trains for the first direction.
+TEST_DRAWS = [1, 2, 3]
+
+
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
+def results(smoke_results_dir, tmp_path_factory):
+    smoke = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+    assert len(smoke["spread_draws"]) > len(TEST_DRAWS)  # the narrowing is a narrowing
+    profile = tmp_path_factory.mktemp("profile") / "smoke.yaml"  # same name: results/smoke
+    profile.write_text(yaml.safe_dump({**smoke, "spread_draws": TEST_DRAWS}))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIPSAM_RESULTS_DIR", str(out))
+        mp.setenv("CLIPSAM_RESULTS_DIR", str(smoke_results_dir))
         mp.setenv("HF_HUB_OFFLINE", "1")
-        runs = run_notebooks("smoke")
-    return out / "smoke", runs
+        runs = run_notebooks(str(profile))
+    return smoke_results_dir / "smoke", runs
 
 
 def test_every_numbered_notebook_ran_without_an_error_output(results):

@@ -55,6 +55,8 @@ def test_rehearsal_at_real_sizes_builds_each_backbone_once_and_reuses_maps(
     assert (later[["clip_builds", "sam_builds"]] == 0).all().all()  # shared, not rebuilt
     assert (cost["seconds"] > 0).all() and (cost["paper_seconds_estimate"] > 0).all()
     assert (cost["peak_rss_bytes"] > 2**30).all()  # ViT-H alone is 2.5 GB in fp32
+    on_gpu = ws.device.type == "cuda"  # device: auto takes a GPU where there is one
+    assert ((cost["peak_gpu_bytes"] > 0) if on_gpu else (cost["peak_gpu_bytes"] == 0)).all()
     assert again["clip_builds"].item() == 0 and again["sam_builds"].item() == 0
     assert not decoder_calls
     assert by_stage.filter(like="extract: SAM", axis=0)["paper_images"].item() == 2162

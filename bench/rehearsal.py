@@ -68,8 +68,8 @@ def main() -> None:
         "disk (MiB)": cost["disk_bytes"] / 2**20,
         "cache read (MiB)": cost["cache_bytes_read"] / 2**20,
         "paper estimate (h)": cost["paper_seconds_estimate"] / 3600,
-    })[["stage", "images", "seconds", "peak RSS (GiB)", "peak GPU (GiB)", "disk (MiB)", "clip_builds",
-        "sam_builds", "cache read (MiB)", "paper_images", "paper estimate (h)"]]
+    })[["stage", "images", "seconds", "peak RSS (GiB)", "peak GPU (GiB)", "disk (MiB)",
+        "clip_builds", "sam_builds", "cache read (MiB)", "paper_images", "paper estimate (h)"]]
     write_table(cost, out, rendered=shown, caption=(
         f"Rehearsal of the paper profile ({ws.device}, {os.cpu_count()} cores): cost per "
         "stage, and the estimate for the paper's image counts (linear in images)"))

@@ -28,8 +28,7 @@ recipe's compute spent as 800 steps of 48 pictures (14.4 min, recipe e4ef9391623
 3 of 8 (+UMCI >= baseline), 4 of 8 (MMR's F1-max), and the first direction on 8 of 8
 for every comparison, its baseline at 66.9 on average (70.1); spent as 960 steps of 40
 (16.0 min, recipe 555e8ce361a8): 5 of 8, 5 of 8, the first direction 8 of 8. Draw 0 at
-the small
-scale is the committed one: its rows match results/smoke/tables/ablation_modules and
+the small scale is the committed one: its rows match results/smoke/tables/ablation_modules and
 sam_gt_box_iou to this machine's rounding.
 """
 

@@ -62,10 +62,12 @@ class StageCost:
 
 
 class _Meter:
-    """Measures one stage: time, peak RSS (sampled), disk, builds, cache reads."""
+    """Measures one stage: time, peak RSS (sampled), peak GPU allocation on the stage's
+    device, disk, builds, cache reads."""
 
-    def __init__(self, folders: list[Path]):
+    def __init__(self, folders: list[Path], device: torch.device):
         self.folders = folders
+        self.gpu = device if device.type == "cuda" else None  # the stage's GPU, if any
         self.process = psutil.Process()
 
     def __enter__(self) -> Self:
@@ -73,8 +75,8 @@ class _Meter:
         self.start_builds = dict(BACKBONE_BUILDS)
         self.start_read = FeatureCache.bytes_read
         self.peak = self.process.memory_info().rss
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if self.gpu is not None:
+            torch.cuda.reset_peak_memory_stats(self.gpu)
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -90,7 +92,7 @@ class _Meter:
         self._stop.set()
         self._sampler.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
-        self.gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        self.gpu_peak = torch.cuda.max_memory_allocated(self.gpu) if self.gpu is not None else 0
         self.disk = sum(_folder_bytes(f) for f in self.folders) - self.start_disk
         self.builds = {k: BACKBONE_BUILDS[k] - self.start_builds.get(k, 0)
                        for k in ("clip", "sam")}
@@ -128,7 +130,7 @@ def rehearse(
     paper_eval = _paper_images(ws, evaluated)
 
     def stage(name: str, images: int, paper_images: int, scaling: str, work: Callable) -> Any:
-        with _Meter(folders) as meter:
+        with _Meter(folders, ws.device) as meter:
             result = work()
         per_image = meter.seconds / images if images else 0.0
         row = StageCost(name, images, meter.seconds, meter.peak, meter.gpu_peak,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from clipsam_lib import paths
 from clipsam_lib.config import MMRConfig, ProfileConfig
+from clipsam_lib.data.fingerprint import records_fingerprint
 from clipsam_lib.features import (
     ClipFeatureStore,
     SamEmbeddingReader,
@@ -307,13 +308,14 @@ def _save_map(path: Path, steps: MMRResult) -> None:
         np.save(handle, steps.final_map.astype(MAP_DTYPE))
 
 
-def map_key(profile: ProfileConfig, umci: UMCI) -> str:
+def map_key(profile: ProfileConfig, umci: UMCI, data: str | None = None) -> str:
     """Hash of exactly what determines a final map, nothing more.
 
     CLIP's identity and resolution, how class names reach the prompts, the cache dtype
-    (tokens are read back from it), UMCI's module config and weights, the ``mmr`` section
-    and, with MMR on, SAM's identity. Evaluation settings, paths and sweep lists are not
-    in it: changing them never recomputes a map.
+    (tokens are read back from it), UMCI's module config and weights, the ``mmr`` section,
+    with MMR on SAM's identity, and ``data``: the fingerprint of the dataset's files
+    (``data.fingerprint``), since the same paths can hold other pictures. Evaluation
+    settings, paths and sweep lists are not in it: changing them never recomputes a map.
     """
     import dataclasses
 
@@ -331,6 +333,7 @@ def map_key(profile: ProfileConfig, umci: UMCI) -> str:
         "mmr": dataclasses.asdict(profile.mmr),
         "sam": sam_identity(profile.sam) if profile.mmr.enabled else None,
         "stored_as": np.dtype(MAP_DTYPE).name,
+        "data": data,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -357,7 +360,9 @@ def run_dataset(
     ws = as_workspace(workspace)
     profile = variant_of(ws.profile, mmr_cfg)
     umci = _as_umci(umci, ws.device)
-    key = map_key(profile, umci)
+    # The whole test split's files, not only ``records``': a subset shares its folder.
+    data = records_fingerprint(profile, dataset_name, ws.dataset(dataset_name).records())
+    key = map_key(profile, umci, data)
     root = Path(out_dir) if out_dir is not None else paths.results_subdir(profile, "maps")
     folder = root / dataset_name / key
     maps = MapSet(folder, key, {rec["img_path"]: map_path(folder, rec) for rec in records})

@@ -191,7 +191,10 @@ def prepare_training_set(
 
 
 def _data_key(profile: ProfileConfig, train_dataset: str, recs: list[dict], epochs: int) -> str:
-    """What determines the training set: records, seed, mosaics, masks, size, epochs."""
+    """What determines the training set: records and their files' bytes, seed, mosaics,
+    masks, size, epochs."""
+    from clipsam_lib.data.fingerprint import records_fingerprint
+
     tcfg = profile.train
     spec = profile.dataset(train_dataset)
     blob = {
@@ -199,6 +202,8 @@ def _data_key(profile: ProfileConfig, train_dataset: str, recs: list[dict], epoc
         "dataset": train_dataset,
         "layout": spec.layout,
         "records": [(r["img_path"], r["mask_path"], r["cls_name"]) for r in recs],
+        # The same paths can hold other pictures (another draw of the embedded benchmark).
+        "files": records_fingerprint(profile, train_dataset, recs),
         "seed": tcfg.seed,
         "mosaic": [tcfg.mosaic_rate, spec.layout in tcfg.mosaic_layouts],
         "mask_threshold": profile.eval.mask_threshold,

@@ -115,6 +115,36 @@ def test_map_key_names_only_what_determines_a_map(tmp_path):
                    umci) == map_key(profile.replace(**{"mmr.enabled": False}), umci)
 
 
+def _repaint(path) -> None:
+    """Other pixels at the same path (another draw of the benchmark, a rebuilt dataset)."""
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    Image.fromarray(255 - picture).save(path)
+
+
+def test_the_same_paths_holding_other_pictures_get_their_own_umci_and_maps(tmp_path):
+    """Runs and map folders are keyed by the files' bytes, not only their paths: keyed by
+    paths, every other draw of the embedded benchmark loaded the committed draw's UMCI and
+    read its maps back (found 2026-12-04)."""
+    from clipsam_lib.pipeline import run_dataset
+
+    ws = Workspace(tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1, "visa": 1}}))
+    trained = train.train_umci(ws, "src", progress=False)
+    records = ws.eval_records("dst")[:2]
+    maps = run_dataset(ws, trained.checkpoint, "dst", records, progress=False)
+    assert run_dataset(ws, trained.checkpoint, "dst", records, progress=False).computed == 0
+
+    _repaint(tmp_path / "src" / ws.train_records("src")[0]["img_path"])
+    again = Workspace(ws.profile)
+    retrained = train.train_umci(again, "src", progress=False)
+    assert retrained.run_dir != trained.run_dir and retrained.resumed_from == 0
+
+    _repaint(tmp_path / "dst" / ws.eval_records("dst")[-1]["img_path"])  # not in `records`
+    other = run_dataset(again, trained.checkpoint, "dst", records, progress=False)
+    assert other.dir != maps.dir and other.computed == len(records)
+
+
 def test_token_reader_keeps_fp16_in_budget_and_streams_the_rest(tmp_path):
     ws = Workspace(tiny_profile(tmp_path))
     data_set = train.prepare_training_set(ws, "src", progress=False)

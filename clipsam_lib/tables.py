@@ -16,6 +16,8 @@ from clipsam_lib.io_utils import write_text_atomic
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
     "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+    # Symbols the Markdown renderings use that LaTeX's default UTF-8 input does not define.
+    "±": r"$\pm$", "✗": r"$\times$", "≈": r"$\approx$",
 }
 
 

@@ -62,6 +62,8 @@ TABLES: dict[str, list[str]] = {
                     "sam_median_iou_mean", "note", *PROVENANCE],
     "draw_comparisons": ["train", "dataset", "comparison", "draws", "holds_on", "gap_min",
                          "gap_mean", "gap_max", "draws_failing", *PROVENANCE],
+    **{name: ["claim", "source", "table", "train", "dataset", "metric", "better", "worse",
+              "gap", "holds", *PROVENANCE] for name in ("paper_claims", "hp_defaults")},
 }
 PER_CATEGORY = ["synth_mvtec", "synth_visa", "synth_mtd", "synth_ksdd2"]
 FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "qualitative_prompt_on_defect",

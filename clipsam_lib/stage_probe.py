@@ -15,7 +15,8 @@ Pixel AUROC, AP and F1-max come from ``metrics`` (exact, per class, then the mac
 PRO is left out, as this table asks only how each reading ranks pixels. The trained
 reading of all stages is the baseline's rough map at S x S; the module ablation evaluates
 the same map after the round trip through the image's original size that stored maps
-take, which moves it by under 0.1 point (smoke: 76.50 vs 76.52, 86.53 vs 86.57).
+take, which moves it by under 0.1 point (smoke, an earlier mini CLIP: 76.50 vs 76.52, 86.53 vs
+86.57).
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ FIGURES = ["data_samples", "umci_loss_curves", "qualitative", "qualitative_promp
 
 
 # Notebook 02 runs the module ablation on the profile's other draws of the benchmark
-# (smoke: 7, about 23 s each); three show the tables are made, and their UMCIs on draws 1-3
-# are the ones tests/test_method_miniature.py trains for the first direction.
+# (smoke: 7, about 37 s each); three show the tables are made, and their UMCIs on draws 1-3
+# are the ones tests/test_method_miniature.py trains for both directions.
 TEST_DRAWS = [1, 2, 3]
 
 

@@ -2,7 +2,7 @@
 SAM ground-truth-box check on several draws of the embedded benchmark (``clipsam_lib.draws``).
 
 The smoke profile evaluates one draw (``synthetic_seed: 0``) of 64 test images per dataset;
-notebook 02 adds draws 1-4 (table ``draw_spread``). This runs any number of draws, at any
+notebook 02 adds draws 1-7 (table ``draw_spread``). This runs any number of draws, at any
 of the benchmark's sizes, into a scratch folder, and prints each draw's rows, the spread
 (mean, sd, min, max), on how many draws each comparison holds, and issue 11's two absolute
 targets (baseline pixel AUROC >= 80, SAM median IoU >= 0.6).
@@ -14,22 +14,12 @@ targets (baseline pixel AUROC >= 80, SAM median IoU >= 0.6).
 sam.checkpoint=/path/to/other_sam.safetensors``, so a change is judged on every draw
 rather than on the committed one.
 
-About 25 s per small draw and 2 min per medium draw on 2 CPU cores. Measured 2026-12-04
-(8 small draws): the committed figures in notebook 02's draw_spread; with the
-2,000-step SAM that follows boxes better (``--set sam.checkpoint=...``, recipe
-1fa06ea42da5, not committed) the ground-truth-box median rises to 0.584 / 0.651 on
-average, and MMR's F1-max gain over the rough map falls to +0.0 / +0.2 points on average
-(4 and 2 of 8 draws), against +2.9 / +0.9 (8 and 2 of 8) with the committed SAM.
-With the mini CLIP trained 800 steps instead of 600 (``--set clip.pretrained=...``, not
-committed: 19.9 min of pretraining), +UMCI's pixel AUROC is 79.8 / 79.5 on average
-(77.9 / 77.1), and with UMCI trained on synth_mvtec +UMCI reaches the baseline on 4 of 8
-draws (2) and MMR beats the rough map's F1-max on 4 of 8 (2). With the committed
-recipe's compute spent as 800 steps of 48 pictures (14.4 min, recipe e4ef93916237):
-3 of 8 (+UMCI >= baseline), 4 of 8 (MMR's F1-max), and the first direction on 8 of 8
-for every comparison, its baseline at 66.9 on average (70.1); spent as 960 steps of 40
-(16.0 min, recipe 555e8ce361a8): 5 of 8, 5 of 8, the first direction 8 of 8. Draw 0 at
-the small scale is the committed one: its rows match results/smoke/tables/ablation_modules and
-sam_gt_box_iou to this machine's rounding.
+About 37 s per small draw and 2 min per medium draw on 2 CPU cores (each draw trains its
+own UMCIs and writes its own maps: runs and maps are keyed by the files' bytes, so draws
+with the same file names no longer share them; figures for UMCI trained on synth_mvtec
+measured before 2026-12-04 are void). Draw 0 at the small scale is the committed one: its
+rows match results/smoke/tables/ablation_modules and sam_gt_box_iou to this machine's
+rounding. What each recipe measured here: docs/miniature.md.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ class SamRecipe:
     # benchmark 0.499 / 0.554 -> 0.543 / 0.628 -> 0.599 / 0.657), but MMR's masks, from the
     # same imprecise prompts, then catch fewer defect pixels (15.9% / 17.2% of them here,
     # 12.6% / 6.9% and 8.9% / 7.3% with those) and MMR's F1-max gain over the rough map
-    # shrinks or reverses (+2.8 / +9.0 points here; +0.2 / +0.8 and -2.0 / +3.2).
+    # shrinks or reverses (+2.8 / +9.0 points here; +0.2 / +0.8 and -2.0 / +3.2; CLIP
+    # 95d6bb550798, committed draw; docs/miniature.md).
     steps: int = 1000
     images_per_step: int = 8
     prompts_per_image: int = 4

@@ -7,7 +7,9 @@ the committed draw's UMCI and maps, and so would a dataset rebuilt or relabelled
 So the keys name the bytes of every image and mask they depend on.
 
 Each file is read once: its SHA-256 is remembered per (size, mtime) in
-``<cache_dir>/fingerprints/<dataset>.json``, so later calls only ``stat`` the files.
+``<cache_dir>/fingerprints/<dataset>.json``, so later calls only ``stat`` the files. (The
+CLIP cache's manifest remembers images the same way, but hashes their decoded pixels, per
+CLIP, and never sees masks; ``weights.file_sha256`` rewrites its memo per file.)
 """
 
 from __future__ import annotations
@@ -20,15 +22,8 @@ from typing import Any
 
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
+from clipsam_lib.data.download import sha256_file
 from clipsam_lib.io_utils import write_json_atomic
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Memo:
@@ -54,7 +49,7 @@ class _Memo:
         known = self.files.get(rel)
         if known is not None and known[:2] == [stat.st_size, stat.st_mtime_ns]:
             return known[2]
-        digest = _sha256(path)
+        digest = sha256_file(path, progress=False)
         self.files[rel] = [stat.st_size, stat.st_mtime_ns, digest]
         self.changed = True
         return digest

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# Provenance of every row (clipsam_lib.provenance), taken from the claimed row.
-PROVENANCE = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash",
-              "protocol", "device", "dtype", "date")
+from clipsam_lib.provenance import COLUMNS as PROVENANCE  # taken from the claimed row
+
 # The official PRO: the claims compare maps of one kind, and APRIL-GAN's 200 linear
 # thresholds cannot rank a fused map's pixels outside SAM's masks (notebook 02).
 METRICS = {"pixel_auroc": "P-AUROC", "pixel_f1_max": "F1-max", "pixel_ap": "AP",
@@ -63,23 +62,19 @@ def _row(table: pd.DataFrame, variant: str, train: str, dataset: str) -> pd.Seri
 
 
 def sweep_default_claims(profile) -> tuple[Claim, ...]:
-    """Notebook 03's sweeps: the profile's value of each swept setting against the others."""
+    """Notebook 03's sweeps: the profile's value of each swept setting against the others.
+
+    A sweep's default row is the one whose overrides leave the profile as it is."""
     from clipsam_lib.hyperparameters import sweeps
 
     found = []
     for name, (_, variants) in sweeps(profile).items():
         defaults = [label for label, overrides in variants.items()
-                    if all(_setting(profile, key) == value for key, value in overrides.items())]
+                    if profile.replace(**overrides).hash() == profile.hash()]
         for default in defaults:
             found += [Claim(name, default, label, "default") for label in variants
                       if label != default]
     return tuple(found)
-
-
-def _setting(profile, dotted: str):
-    section, field = dotted.split(".")
-    value = getattr(getattr(profile, section), field)
-    return tuple(value) if isinstance(value, list) else value
 
 
 def claims_table(tables: Mapping[str, pd.DataFrame],
@@ -125,16 +120,14 @@ def shown_table(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_claims_table(profile, tables: Mapping[str, pd.DataFrame],
-                       name: str = "paper_claims",
-                       claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
+                       name: str = "paper_claims", claims: tuple[Claim, ...] = CLAIMS,
+                       title: str = "The paper's ablation claims") -> pd.DataFrame:
     """``claims_table``, written as ``results/<profile>/tables/<name>``."""
     from clipsam_lib import paths
     from clipsam_lib.tables import write_table
 
-    what = ("The paper's ablation claims" if claims is CLAIMS
-            else "The profile's defaults against the other values swept")
     claims = claims_table(tables, claims)
-    caption = (f"{what} on this run (profile {profile.name}; x100, "
+    caption = (f"{title} on this run (profile {profile.name}; x100, "
                f"'better vs worse'; ✗: the claimed order fails by {100 * TIE:.1f} point or "
                f"more, ≈: a smaller gap either way; source: paper = its ablation, author = "
                f"the first author's stated setting, default = the project's choice)")

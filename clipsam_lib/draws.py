@@ -23,14 +23,14 @@ import pandas as pd
 
 from clipsam_lib import ablations, paths
 from clipsam_lib.config import ProfileConfig
+from clipsam_lib.provenance import COLUMNS
 from clipsam_lib.workspace import Workspace
 
 VARIANTS = ("CLIP baseline", "+UMCI", "+UMCI+MMR")
 SAM_ROW = "SAM, ground-truth boxes"
 METRICS = ("pixel_auroc", "pixel_pro_linear200", "pixel_pro_mvtec", "pixel_f1_max", "pixel_ap")
 SAM_NOTE = "SAM's check: the median IoU of its top mask for each defect's own box; no map"
-PROVENANCE = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash",
-              "protocol", "device", "dtype", "date")
+PROVENANCE = COLUMNS
 # Each comparison: (label, (metric, variant that should be higher, variant it is compared to)).
 COMPARISONS = (
     ("+UMCI >= baseline, P-AUROC", ("pixel_auroc", "+UMCI", "CLIP baseline")),

@@ -75,6 +75,12 @@ def index_hash(index: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+# The columns ``provenance_columns`` writes, in its order: what a derived table (draws,
+# claims) carries over from the rows it is made of.
+COLUMNS = ("profile", "config_hash", "git_commit", "weights", "dataset_index_hash",
+           "protocol", "device", "dtype", "date")
+
+
 def provenance_columns(
     profile: ProfileConfig,
     *,

@@ -51,6 +51,7 @@ def main() -> None:
 
     from clipsam_lib import draws
     from clipsam_lib.config import load_profile
+    from clipsam_lib.provenance import COLUMNS
     from clipsam_lib.workspace import Workspace
 
     overrides = {}
@@ -69,14 +70,20 @@ def main() -> None:
         rows += draws.run_draw(ws, seed)
         print(f"draw {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     pd.set_option("display.width", 220)
-    table = pd.DataFrame(rows).drop(columns=["note", "dataset_index_hash"])
+    # Provenance is the same on every row here (and text): shown once, not x 100.
+    table = pd.DataFrame(rows)
+    print("provenance:", table.iloc[0][list(COLUMNS)].to_dict())
+    table = table.drop(columns=["note", *COLUMNS])
+    hidden = ["note", *COLUMNS]
     print((table.set_index(["draw", "train", "dataset", "variant"]) * 100).round(1)
           .to_string())
-    spread = draws.spread_table(rows).drop(columns=["note", "dataset_index_hash"])
+    spread = draws.spread_table(rows)
+    spread = spread.drop(columns=[c for c in hidden if c in spread])
     print("\nOver the draws (x 100 for pixel metrics):")
     print(spread.round(3).to_string(index=False))
     print("\nDraws on which each comparison holds (gaps as fractions):")
-    print(draws.comparison_counts(rows).drop(columns="dataset_index_hash").round(3)
+    counts = draws.comparison_counts(rows)
+    print(counts.drop(columns=[c for c in hidden if c in counts]).round(3)
           .to_string(index=False))
     baseline = table[table["variant"] == "CLIP baseline"]
     sam = table[table["variant"] == draws.SAM_ROW]

@@ -91,6 +91,11 @@ class SamRecipe:
     # three (multimask_output=True, as the paper), so all three are trained to the region
     # (sam_pretrain.trained_mask_loss; off, only the best of the three, as for a lone point).
     box_trains_all_masks: bool = True
+    # The share of box prompts drawn as loosely as MMR draws them (a rough map's blob is
+    # larger than its defect and off its centre): each side pushed out by up to
+    # ``loose_box_growth`` x the region's side, the target still the region alone.
+    loose_box_rate: float = 0.0
+    loose_box_growth: float = 0.75
     lr: float = 8e-4
     weight_decay: float = 0.1
     warmup_steps: int = 50
@@ -104,17 +109,24 @@ def _clip_model_json() -> dict[str, Any]:
     return json.loads((CONFIG_DIR / f"{CLIP_MODEL_NAME}.json").read_text())
 
 
-# Switches added after weights were committed: off, they are left out of the hash, so the
-# recipe that made those weights keeps its hash (off is what the code did before them).
-LATER_SWITCHES = ("patch_loss", "box_trains_all_masks")
+# Fields added after weights were committed, with their "off" value: off, they are left
+# out of the hash, so the recipe that made those weights keeps its hash (off is what the
+# code did before them).
+LATER_FIELDS: dict[str, Any] = {"patch_loss": False, "box_trains_all_masks": False,
+                                "loose_box_rate": 0.0}
+# A field that only means something when another is on: left out while that one is off.
+DEPENDENT_FIELDS = {"loose_box_growth": "loose_box_rate"}
 
 
 def recipe_blob(recipe: ClipRecipe | SamRecipe) -> dict[str, Any]:
     """What the hash covers: the recipe, the corpus version and the architecture."""
     kind = "clip" if isinstance(recipe, ClipRecipe) else "sam"
     architecture = _clip_model_json() if kind == "clip" else SAM_ARCHITECTURE
-    fields = {name: value for name, value in dataclasses.asdict(recipe).items()
-              if not (name in LATER_SWITCHES and value is False)}
+    fields = dataclasses.asdict(recipe)
+    off = {name for name, value in fields.items()
+           if name in LATER_FIELDS and value == LATER_FIELDS[name]}
+    off |= {name for name, parent in DEPENDENT_FIELDS.items() if parent in off}
+    fields = {name: value for name, value in fields.items() if name not in off}
     return {"kind": kind, "recipe": fields, "trainer": TRAINER_VERSION,
             "corpus_version": CORPUS_VERSION, "architecture": architecture}
 

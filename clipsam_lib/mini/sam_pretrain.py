@@ -86,7 +86,26 @@ def jittered_box(mask: np.ndarray, jitter: float, rng: np.random.Generator) -> n
     return box + noise.astype(np.float32)
 
 
-def _prompts(masks: list[np.ndarray], kind: str, jitter: float, rng: np.random.Generator):
+def loose_box(mask: np.ndarray, growth: float, rng: np.random.Generator) -> np.ndarray:
+    """The region's box with each side pushed out by U(0, growth) x the region's side,
+    as a rough map's blob around a defect: larger than it and off its centre."""
+    box = mask_box(mask)
+    side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) + 1
+    push = rng.uniform(0, growth, 4).astype(np.float32) * side
+    height, width = mask.shape
+    limit = np.array([width - 1, height - 1] * 2, np.float32)
+    return np.clip(box + push * np.array([-1, -1, 1, 1], np.float32), 0, limit)
+
+
+def _box(mask: np.ndarray, recipe: SamRecipe, rng: np.random.Generator) -> np.ndarray:
+    # No draw for looseness when the recipe has none: the committed recipe's streams stay.
+    if recipe.loose_box_rate > 0 and rng.random() < recipe.loose_box_rate:
+        return loose_box(mask, recipe.loose_box_growth, rng)
+    return jittered_box(mask, recipe.box_jitter, rng)
+
+
+def _prompts(masks: list[np.ndarray], kind: str, recipe: SamRecipe,
+             rng: np.random.Generator):
     coords = boxes = None
     if "point" in kind:
         picks = []
@@ -96,7 +115,7 @@ def _prompts(masks: list[np.ndarray], kind: str, jitter: float, rng: np.random.G
             picks.append([cols[i] + 0.5, rows[i] + 0.5])
         coords = torch.tensor(np.array(picks, np.float32))[:, None, :]
     if "box" in kind:
-        boxes = torch.tensor(np.stack([jittered_box(m, jitter, rng) for m in masks]))
+        boxes = torch.tensor(np.stack([_box(m, recipe, rng) for m in masks]))
     return coords, boxes
 
 
@@ -189,7 +208,7 @@ def pretrain_sam(recipe: SamRecipe, out_path: Path | None, work_folder: Path, *,
                                    replace=len(regions) < recipe.prompts_per_image)
                 masks = [regions[k] for k in picks]
                 kind = PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
-                coords, boxes = _prompts(masks, kind, recipe.box_jitter, rng)
+                coords, boxes = _prompts(masks, kind, recipe, rng)
                 targets = torch.stack([data.padded_mask(m) for m in masks])
                 loss, iou = prompt_loss(sam, embeddings[b:b + 1], coords, boxes, targets,
                                         recipe)

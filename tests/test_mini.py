@@ -202,3 +202,30 @@ def test_box_prompts_train_all_three_masks_and_a_lone_point_its_best():
     assert trained_mask_loss(losses, True, recipe).item() == pytest.approx(3.3 / 6)
     best_only = dataclasses.replace(recipe, box_trains_all_masks=False)
     assert trained_mask_loss(losses, True, best_only).item() == pytest.approx(0.25)
+
+
+def test_loose_boxes_hold_the_region_stay_in_the_picture_and_cost_nothing_when_off():
+    from clipsam_lib.mini.recipes import SamRecipe, recipe_blob
+    from clipsam_lib.mini.sam_pretrain import _box, jittered_box, loose_box, mask_box
+
+    mask = np.zeros((60, 80), bool)
+    mask[5:15, 60:78] = True  # inclusive box (60, 5, 77, 14), near the right edge
+    tight = mask_box(mask)
+    assert tight.tolist() == [60, 5, 77, 14]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        box = loose_box(mask, 0.75, rng)
+        assert (box[:2] <= tight[:2]).all() and (box[2:] >= tight[2:]).all()
+        assert box[0] >= 0 and box[1] >= 0 and box[2] <= 79 and box[3] <= 59
+    # Pushed out by at most 0.75 x the side (18 x 10 px), so never past 60 - 13.5 on the left.
+    assert box[0] >= 60 - 0.75 * 18
+    # Off (the committed recipe): the box is the jittered one from the same random stream,
+    # and the new fields leave the recipe's hash alone.
+    recipe = SamRecipe()
+    assert recipe.loose_box_rate == 0.0
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(_box(mask, recipe, a), jittered_box(mask, recipe.box_jitter, b))
+    assert "loose_box_rate" not in recipe_blob(recipe)["recipe"]
+    assert "loose_box_growth" not in recipe_blob(recipe)["recipe"]
+    on = dataclasses.replace(recipe, loose_box_rate=0.5)
+    assert {"loose_box_rate", "loose_box_growth"} <= set(recipe_blob(on)["recipe"])

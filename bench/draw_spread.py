@@ -71,10 +71,10 @@ def main() -> None:
         print(f"draw {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     pd.set_option("display.width", 220)
     # Provenance is the same on every row here (and text): shown once, not x 100.
+    hidden = ["note", *COLUMNS]
     table = pd.DataFrame(rows)
     print("provenance:", table.iloc[0][list(COLUMNS)].to_dict())
-    table = table.drop(columns=["note", *COLUMNS])
-    hidden = ["note", *COLUMNS]
+    table = table.drop(columns=hidden)
     print((table.set_index(["draw", "train", "dataset", "variant"]) * 100).round(1)
           .to_string())
     spread = draws.spread_table(rows)

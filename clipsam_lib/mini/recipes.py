@@ -96,7 +96,7 @@ class SamRecipe:
     # ``loose_box_growth`` x the region's side, the target still the region alone.
     # Measured 2026-12-04, not adopted: 0.5 with every picture defective follows loose
     # held-out boxes better (median IoU 0.539 against 0.505), but MMR beat the rough map's
-    # F1-max on 7 / 7 of 8 draws and its AP on 8 / 4 (0 here: 8 / 8 and 8 / 8).
+    # F1-max on 7 / 7 of 8 draws and its AP on 8 / 4 (off, as committed: 8 / 8 and 8 / 8).
     loose_box_rate: float = 0.0
     loose_box_growth: float = 0.75
     lr: float = 8e-4

@@ -12,6 +12,9 @@ trains a single output for it; MMR asks for three masks for every prompt
 same corpus): the top-scoring mask's median IoU on held-out corpus pictures rose from
 0.568 to 0.619 (small regions 0.31 -> 0.45), where the IoU head had picked a mask
 worse than the best one on most small regions.
+``loose_box_rate`` (off in the committed recipe) draws some boxes as loosely as MMR's
+(``loose_box``), to teach SAM the defect inside a box larger than it; measured, it did not
+help MMR (docs/miniature.md).
 Pictures go through SAM's own transforms (``ResizeLongestSide``, ``Sam.preprocess``).
 """
 

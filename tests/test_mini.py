@@ -229,3 +229,24 @@ def test_loose_boxes_hold_the_region_stay_in_the_picture_and_cost_nothing_when_o
     assert "loose_box_growth" not in recipe_blob(recipe)["recipe"]
     on = dataclasses.replace(recipe, loose_box_rate=0.5)
     assert {"loose_box_rate", "loose_box_growth"} <= set(recipe_blob(on)["recipe"])
+
+
+def test_part_boxes_surround_their_point_with_a_fraction_of_the_regions_sides():
+    from clipsam_lib.mini.recipes import SamRecipe, recipe_blob
+    from clipsam_lib.mini.sam_pretrain import _prompts, part_box
+
+    mask = np.zeros((60, 80), bool)
+    mask[10:50, 20:60] = True  # a 40 x 40 region
+    rng = np.random.default_rng(0)
+    centre = np.array([30.5, 40.5], np.float32)
+    for _ in range(50):
+        x0, y0, x1, y1 = part_box(mask, centre, (0.1, 0.5), rng)
+        assert x0 <= 30.5 <= x1 and y0 <= 40.5 <= y1
+        assert 4 - 1e-4 <= x1 - x0 <= 20 + 1e-4 and 4 - 1e-4 <= y1 - y0 <= 20 + 1e-4
+    # With every box a part box, a point+box prompt's box goes around its own point.
+    recipe = SamRecipe(part_box_rate=1.0)
+    coords, boxes = _prompts([mask, mask], "point+box", recipe, np.random.default_rng(1))
+    for (x, y), (x0, y0, x1, y1) in zip(coords[:, 0].numpy(), boxes.numpy()):
+        assert x0 <= x <= x1 and y0 <= y <= y1 and x1 - x0 <= 20 + 1e-4
+    assert "part_box_rate" not in recipe_blob(SamRecipe())["recipe"]
+    assert "part_box_scale" not in recipe_blob(SamRecipe())["recipe"]

@@ -100,25 +100,44 @@ def loose_box(mask: np.ndarray, growth: float, rng: np.random.Generator) -> np.n
     return np.clip(box + push * np.array([-1, -1, 1, 1], np.float32), 0, limit)
 
 
-def _box(mask: np.ndarray, recipe: SamRecipe, rng: np.random.Generator) -> np.ndarray:
-    # No draw for looseness when the recipe has none: the committed recipe's streams stay.
+def part_box(mask: np.ndarray, centre: np.ndarray, scale: tuple[float, float],
+             rng: np.random.Generator) -> np.ndarray:
+    """A box around ``centre`` (x, y) with sides U(scale) x the region's: a part of it,
+    as MMR's box around a rough map's peak inside a larger defect."""
+    box = mask_box(mask)
+    half = rng.uniform(*scale, 2).astype(np.float32) * (box[2:] - box[:2] + 1) / 2
+    height, width = mask.shape
+    limit = np.array([width - 1, height - 1] * 2, np.float32)
+    return np.clip(np.concatenate([centre - half, centre + half]), 0, limit)
+
+
+def _box(mask: np.ndarray, recipe: SamRecipe, rng: np.random.Generator,
+         point: np.ndarray | None = None) -> np.ndarray:
+    # No draw for a box's kind when the recipe has only one: the committed streams stay.
+    if recipe.part_box_rate > 0 and rng.random() < recipe.part_box_rate:
+        return part_box(mask, _region_point(mask, rng) if point is None else point,
+                        recipe.part_box_scale, rng)
     if recipe.loose_box_rate > 0 and rng.random() < recipe.loose_box_rate:
         return loose_box(mask, recipe.loose_box_growth, rng)
     return jittered_box(mask, recipe.box_jitter, rng)
 
 
+def _region_point(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A pixel of the region, at its centre, (x, y)."""
+    rows, cols = np.nonzero(mask)
+    i = int(rng.integers(len(rows)))
+    return np.array([cols[i] + 0.5, rows[i] + 0.5], np.float32)
+
+
 def _prompts(masks: list[np.ndarray], kind: str, recipe: SamRecipe,
              rng: np.random.Generator):
     coords = boxes = None
+    picks: list[np.ndarray | None] = [None] * len(masks)
     if "point" in kind:
-        picks = []
-        for mask in masks:
-            rows, cols = np.nonzero(mask)
-            i = int(rng.integers(len(rows)))
-            picks.append([cols[i] + 0.5, rows[i] + 0.5])
+        picks = [_region_point(mask, rng) for mask in masks]
         coords = torch.tensor(np.array(picks, np.float32))[:, None, :]
-    if "box" in kind:
-        boxes = torch.tensor(np.stack([_box(m, recipe, rng) for m in masks]))
+    if "box" in kind:  # a part box goes around the prompt's own point, as MMR's does
+        boxes = torch.tensor(np.stack([_box(m, recipe, rng, p) for m, p in zip(masks, picks)]))
     return coords, boxes
 
 

@@ -7,7 +7,8 @@ defect region (connected component, >= 16 px) SAM gets the region's inclusive bo
 top-scoring of its three masks is compared with the region (IoU), by the same code as
 ``sam_check`` (``gt_box_prompts``, ``mmr.decode_masks``). ``--loose`` adds the same
 regions prompted with loose boxes, each side pushed out by up to 0.75 x the region's side
-(``sam_pretrain.loose_box``), as MMR's boxes around a rough map's blobs are. ``--benchmark``
+(``sam_pretrain.loose_box``; on the embedded benchmark MMR's boxes turned out smaller
+than their defects, ``bench/mmr_gain_by_pointing.py``). ``--benchmark``
 adds the embedded benchmark's test sets (``sam_check.box_prompt_ious``, what
 ``box_iou_table`` reports), for reading, not for choosing.
 
@@ -43,7 +44,7 @@ LOOSE_GROWTH = 0.75  # sides pushed out by up to 0.75 x the region's side
 
 
 def loose_prompts(regions: list[np.ndarray], rng: np.random.Generator) -> Prompts:
-    """Each region's box pushed out as MMR's blobs draw it (``sam_pretrain.loose_box``)."""
+    """Each region's box pushed out on every side (``sam_pretrain.loose_box``)."""
     boxes = np.stack([loose_box(region, LOOSE_GROWTH, rng) for region in regions])
     areas = np.array([region.sum() for region in regions], dtype=np.int64)
     return Prompts(boxes[:, :2].copy(), boxes, areas, mode="box")
@@ -88,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="?", default=str(WEIGHTS_FOLDER / SAM_FILE))
     parser.add_argument("--loose", action="store_true",
-                        help="also boxes pushed out as MMR's blobs draw them")
+                        help="also boxes pushed out past their region")
     parser.add_argument("--benchmark", action="store_true",
                         help="also the embedded benchmark's test sets (for reading only)")
     args = parser.parse_args()

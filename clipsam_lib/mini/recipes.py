@@ -91,8 +91,9 @@ class SamRecipe:
     # three (multimask_output=True, as the paper), so all three are trained to the region
     # (sam_pretrain.trained_mask_loss; off, only the best of the three, as for a lone point).
     box_trains_all_masks: bool = True
-    # The share of box prompts drawn as loosely as MMR draws them (a rough map's blob is
-    # larger than its defect and off its centre): each side pushed out by up to
+    # The share of box prompts drawn loose (the guess, before it was measured, that a
+    # rough map's blob is larger than its defect; on the embedded benchmark MMR's boxes
+    # are smaller, see part_box_rate): each side pushed out by up to
     # ``loose_box_growth`` x the region's side, the target still the region alone.
     # Measured 2026-12-04, not adopted: 0.5 with every picture defective follows loose
     # held-out boxes better (median IoU 0.539 against 0.505), but MMR beat the rough map's

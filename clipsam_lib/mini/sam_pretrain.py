@@ -12,9 +12,10 @@ trains a single output for it; MMR asks for three masks for every prompt
 same corpus): the top-scoring mask's median IoU on held-out corpus pictures rose from
 0.568 to 0.619 (small regions 0.31 -> 0.45), where the IoU head had picked a mask
 worse than the best one on most small regions.
-``loose_box_rate`` (off in the committed recipe) draws some boxes as loosely as MMR's
-(``loose_box``), to teach SAM the defect inside a box larger than it; measured, it did not
-help MMR (docs/miniature.md).
+``loose_box_rate`` and ``part_box_rate`` (both off in the committed recipe) draw some
+boxes larger than their region (``loose_box``) or around a part of it (``part_box``, as
+MMR's boxes on the embedded benchmark are); what each did to MMR and to the
+ground-truth-box check: docs/miniature.md.
 Pictures go through SAM's own transforms (``ResizeLongestSide``, ``Sam.preprocess``).
 """
 
@@ -91,7 +92,7 @@ def jittered_box(mask: np.ndarray, jitter: float, rng: np.random.Generator) -> n
 
 def loose_box(mask: np.ndarray, growth: float, rng: np.random.Generator) -> np.ndarray:
     """The region's box with each side pushed out by U(0, growth) x the region's side,
-    as a rough map's blob around a defect: larger than it and off its centre."""
+    larger than the region and off its centre."""
     box = mask_box(mask)
     side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) + 1
     push = rng.uniform(0, growth, 4).astype(np.float32) * side

@@ -48,6 +48,14 @@ def image_group(points, on_region: np.ndarray, near_region: np.ndarray) -> str:
     return "near" if prompt_hits(points, near_region).any() else "off"
 
 
+def refined_run(ws, direction):
+    """(+UMCI+MMR run, its test set's root, eval config) for the direction's first test set."""
+    from clipsam_lib import ablations
+
+    full = ablations.run_variant(ws, {}, "+UMCI+MMR", direction)[0]
+    return full, ws.dataset(full.test_dataset).root, full.profile.eval
+
+
 def gains(ws, direction) -> dict[str, list[tuple[float, float]]]:
     """(rough AP, refined AP) per anomalous image, by where its prompts fall."""
     from clipsam_lib import ablations
@@ -55,8 +63,7 @@ def gains(ws, direction) -> dict[str, list[tuple[float, float]]]:
     from clipsam_lib.pointing import TOLERANCE, defect_regions
 
     rough = ablations.run_variant(ws, {"mmr.enabled": False}, "+UMCI", direction)[0]
-    full = ablations.run_variant(ws, {}, "+UMCI+MMR", direction)[0]
-    root, cfg = ws.dataset(full.test_dataset).root, full.profile.eval
+    full, root, cfg = refined_run(ws, direction)
     near = defect_regions(full.records, root, cfg, TOLERANCE)
     on = defect_regions(full.records, root, cfg, 0)
     groups: dict[str, list[tuple[float, float]]] = {g: [] for g in GROUPS}
@@ -76,11 +83,9 @@ def box_sides(ws, direction) -> tuple[np.ndarray, np.ndarray]:
     own boxes, over the test set's images."""
     from scipy import ndimage
 
-    from clipsam_lib import ablations
     from clipsam_lib.evaluate import ground_truth
 
-    full = ablations.run_variant(ws, {}, "+UMCI+MMR", direction)[0]
-    root, cfg = ws.dataset(full.test_dataset).root, full.profile.eval
+    full, root, cfg = refined_run(ws, direction)
     prompts, defects = [], []
     for rec in full.records:
         for x0, y0, x1, y1 in np.array(full.maps.sidecar(rec)["boxes"]).reshape(-1, 4):
@@ -95,14 +100,12 @@ def mask_reach(ws, direction) -> dict[str, float]:
     """On the images with a prompt point on a defect, those prompts decoded again: how much
     of the defect SAM's fused masks (fusion A's M_sam) cover, how much of them is defect,
     and the top mask's area over its prompt box's."""
-    from clipsam_lib import ablations
     from clipsam_lib.data.io import read_image_rgb
     from clipsam_lib.evaluate import ground_truth
     from clipsam_lib.modeling.mmr import Prompts, _softmax, decode_masks
     from clipsam_lib.pointing import prompt_hits
 
-    full = ablations.run_variant(ws, {}, "+UMCI+MMR", direction)[0]
-    root, cfg = ws.dataset(full.test_dataset).root, full.profile.eval
+    full, root, cfg = refined_run(ws, direction)
     sam = ws.sam.get()
     rows = []
     for rec in full.records:

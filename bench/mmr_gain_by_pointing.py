@@ -102,7 +102,7 @@ def mask_reach(ws, direction) -> dict[str, float]:
     and the top mask's area over its prompt box's."""
     from clipsam_lib.data.io import read_image_rgb
     from clipsam_lib.evaluate import ground_truth
-    from clipsam_lib.modeling.mmr import Prompts, _softmax, decode_masks
+    from clipsam_lib.modeling.mmr import Prompts, decode_masks, fuse_a
     from clipsam_lib.pointing import prompt_hits
 
     full, root, cfg = refined_run(ws, direction)
@@ -121,8 +121,8 @@ def mask_reach(ws, direction) -> dict[str, float]:
         prompts = Prompts(points, boxes, np.ones(len(points), np.int64), mode="point+box")
         masks, scores = decode_masks(sam.model, sam.embed(read_image_rgb(root / rec["img_path"])),
                                      prompts)
-        weights = _softmax(scores.astype(np.float64), axis=1)
-        m_sam = np.einsum("nl,nlhw->nhw", weights, masks.astype(np.float64)).max(0)
+        # Fusion A with the rough map left out (lambda 1) is its M_sam.
+        m_sam = fuse_a(np.zeros(defect.shape, np.float32), masks, scores, lam=1.0)
         box_area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
         rows.append(((m_sam * defect).sum() / defect.sum(),
                      (m_sam * defect).sum() / max(m_sam.sum(), 1e-9),

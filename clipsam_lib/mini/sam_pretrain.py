@@ -96,9 +96,7 @@ def loose_box(mask: np.ndarray, growth: float, rng: np.random.Generator) -> np.n
     box = mask_box(mask)
     side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32) + 1
     push = rng.uniform(0, growth, 4).astype(np.float32) * side
-    height, width = mask.shape
-    limit = np.array([width - 1, height - 1] * 2, np.float32)
-    return np.clip(box + push * np.array([-1, -1, 1, 1], np.float32), 0, limit)
+    return _in_frame(box + push * np.array([-1, -1, 1, 1], np.float32), mask.shape)
 
 
 def part_box(mask: np.ndarray, centre: np.ndarray, scale: tuple[float, float],
@@ -107,9 +105,13 @@ def part_box(mask: np.ndarray, centre: np.ndarray, scale: tuple[float, float],
     as MMR's box around a rough map's peak inside a larger defect."""
     box = mask_box(mask)
     half = rng.uniform(*scale, 2).astype(np.float32) * (box[2:] - box[:2] + 1) / 2
-    height, width = mask.shape
-    limit = np.array([width - 1, height - 1] * 2, np.float32)
-    return np.clip(np.concatenate([centre - half, centre + half]), 0, limit)
+    return _in_frame(np.concatenate([centre - half, centre + half]), mask.shape)
+
+
+def _in_frame(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An XYXY box clipped to a picture of ``shape`` (H, W), as MMR's boxes are."""
+    height, width = shape
+    return np.clip(box, 0, np.array([width - 1, height - 1] * 2, np.float32))
 
 
 def _box(mask: np.ndarray, recipe: SamRecipe, rng: np.random.Generator,

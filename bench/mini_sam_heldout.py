@@ -36,7 +36,7 @@ from clipsam_lib.mini.recipes import SAM_FILE, WEIGHTS_FOLDER
 from clipsam_lib.mini.sam_pretrain import loose_box
 from clipsam_lib.modeling.mmr import Prompts, decode_masks
 from clipsam_lib.modeling.sam_backbone import SamBackbone
-from clipsam_lib.sam_check import box_prompt_ious, gt_box_prompts, mask_iou
+from clipsam_lib.sam_check import box_prompt_ious, box_prompts, gt_box_prompts, mask_iou
 from clipsam_lib.workspace import Workspace
 
 HELDOUT_PICTURES = 160
@@ -45,9 +45,7 @@ LOOSE_GROWTH = 0.75  # sides pushed out by up to 0.75 x the region's side
 
 def loose_prompts(regions: list[np.ndarray], rng: np.random.Generator) -> Prompts:
     """Each region's box pushed out on every side (``sam_pretrain.loose_box``)."""
-    boxes = np.stack([loose_box(region, LOOSE_GROWTH, rng) for region in regions])
-    areas = np.array([region.sum() for region in regions], dtype=np.int64)
-    return Prompts(boxes[:, :2].copy(), boxes, areas, mode="box")
+    return box_prompts(regions, np.stack([loose_box(r, LOOSE_GROWTH, rng) for r in regions]))
 
 
 def heldout_rows(backbone: SamBackbone, loose: bool = False) -> list[dict]:

@@ -51,9 +51,13 @@ def gt_box_prompts(mask: np.ndarray) -> tuple[list[np.ndarray], Prompts]:
     regions = region_boxes(mask)
     boxes = (np.stack([box for _, box in regions]) if regions
              else np.zeros((0, 4), np.float32))
-    areas = np.array([region.sum() for region, _ in regions], dtype=np.int64)
-    return [region for region, _ in regions], Prompts(boxes[:, :2].copy(), boxes, areas,
-                                                      mode="box")
+    return [region for region, _ in regions], box_prompts([r for r, _ in regions], boxes)
+
+
+def box_prompts(regions: list[np.ndarray], boxes: np.ndarray) -> Prompts:
+    """Box-only prompts (``[N, 4]`` XYXY), one per region (points are not sent)."""
+    areas = np.array([region.sum() for region in regions], dtype=np.int64)
+    return Prompts(boxes[:, :2].copy(), boxes, areas, mode="box")
 
 
 @dataclass

@@ -20,15 +20,13 @@ layers can hold.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 
 import pandas as pd
+from _scratch import scratch_results
 
 
-def main() -> None:
-    os.environ.setdefault("CLIPSAM_RESULTS_DIR", tempfile.mkdtemp(prefix="clipsam-transfer-"))
+def _run() -> None:
     from clipsam_lib import ablations
     from clipsam_lib.config import Direction, load_profile
     from clipsam_lib.workspace import Workspace
@@ -57,6 +55,11 @@ def main() -> None:
     print("\nThe baseline per class, tested on the other set:")
     print((pd.concat(per_class).set_index(["train", "cls_name"]) * 100).round(1).to_string())
     print(f"\n{time.perf_counter() - started:.0f} s")
+
+
+def main() -> None:
+    with scratch_results("clipsam-transfer-"):
+        _run()
 
 
 if __name__ == "__main__":

@@ -43,10 +43,23 @@ def main() -> None:
                         metavar="KEY=VALUE", help="a profile override (dotted key, YAML "
                         "value); repeatable")
     parser.add_argument("--work", type=Path, default=None,
-                        help="folder for the draws' data, caches and results (default: a "
-                             "new temporary folder)")
+                        help="folder for the draws' data, caches and results, kept "
+                             "(default: a temporary folder, removed at the end)")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="clipsam-draws-"))
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: write KEY=VALUE, e.g. sam.checkpoint=sam.safetensors")
+        overrides[key] = yaml.safe_load(value)
+    if args.work:
+        _run(args, overrides, args.work)
+        return
+    with tempfile.TemporaryDirectory(prefix="clipsam-draws-") as work:  # GBs of runs and maps
+        _run(args, overrides, Path(work))
+
+
+def _run(args: argparse.Namespace, overrides: dict, work: Path) -> None:
     os.environ["CLIPSAM_RESULTS_DIR"] = str(work / "results")
 
     from clipsam_lib import draws
@@ -54,12 +67,6 @@ def main() -> None:
     from clipsam_lib.provenance import COLUMNS
     from clipsam_lib.workspace import Workspace
 
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: write KEY=VALUE, e.g. sam.checkpoint=sam.safetensors")
-        overrides[key] = yaml.safe_load(value)
     profile = load_profile("smoke", synthetic_scale=args.scale,
                            data_dir=str(work / f"data_{args.scale}"),
                            cache_dir=str(work / f"cache_{args.scale}"), **overrides)

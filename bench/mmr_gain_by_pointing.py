@@ -30,11 +30,10 @@ About 1.5 min per SAM.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from _scratch import scratch_results
 from sklearn.metrics import average_precision_score
 
 GROUPS = ("on", "near", "off")
@@ -132,11 +131,10 @@ def mask_reach(ws, direction) -> dict[str, float]:
             "mask on defect": reach[:, 1].mean(), "top mask / box area": reach[:, 2].mean()}
 
 
-def main() -> None:
+def _run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sams", nargs="*", type=Path, help="SAM weights (default: committed)")
     args = parser.parse_args()
-    os.environ.setdefault("CLIPSAM_RESULTS_DIR", tempfile.mkdtemp(prefix="clipsam-pointing-"))
     from clipsam_lib.config import load_profile
     from clipsam_lib.workspace import Workspace
 
@@ -159,6 +157,11 @@ def main() -> None:
             reach = mask_reach(ws, direction)
             print("  " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in reach.items()))
+
+
+def main() -> None:
+    with scratch_results("clipsam-pointing-"):
+        _run()
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def write_epoch_table(workspace: Workspace | ProfileConfig, progress: bool = Fal
     for direction in profile.directions:
         trained = train_umci(ws, direction.train, progress=progress)
         for epoch in sorted({*profile.train.eval_epochs, trained.epochs}):
-            checkpoint = trained.run_dir / f"epoch_{epoch:03d}.pt"
+            checkpoint = (trained.checkpoint if epoch == trained.epochs
+                          else trained.run_dir / f"epoch_{epoch:03d}.pt")
             if epoch > trained.epochs or not checkpoint.is_file():
                 raise ValueError(f"train.eval_epochs asks for epoch {epoch}, but the run "
                                  f"{trained.run_dir} has {trained.epochs}; lower it.")

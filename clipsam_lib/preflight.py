@@ -233,11 +233,19 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
 MAPS_PER_IMAGE = 30
 
 
+# UMCI runs per direction and seed, counted in a smoke reproduction (2026-12-04): 13 for
+# the notebooks' UMCI and baseline variants (ablations, hidden sizes, kernels, peer
+# conventions) and 2 for each spread draw (its UMCI and its baseline); 27 in all.
+UMCI_RUNS_PER_DIRECTION = 13
+UMCI_RUNS_PER_DRAW = 2
+
+
 def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
                     pixels: dict[str, int]) -> dict[str, int]:
     """Bytes the run writes, from the shapes: CLIP tokens (+ global embedding) per image,
-    SAM embeddings per evaluated image, and maps of about 30 variants per evaluated image,
-    each at the image's original size (``pixels``) in ``pipeline.MAP_DTYPE``."""
+    SAM embeddings per evaluated image, maps of about 30 variants per evaluated image,
+    each at the image's original size (``pixels``) in ``pipeline.MAP_DTYPE``, and the UMCI
+    runs' kept checkpoints (``umci_checkpoint_bytes``)."""
     from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
     from clipsam_lib.modeling.sam_backbone import sam_embedding_shape
     from clipsam_lib.pipeline import MAP_DTYPE
@@ -253,7 +261,25 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
     evaluated = sum(n for name, n in images.items() if name in tested)
     evaluated_pixels = sum(n for name, n in pixels.items() if name in tested)
     return {"cache": total * clip_bytes + evaluated * sam_bytes,
-            "results": evaluated_pixels * MAPS_PER_IMAGE * MAP_DTYPE().itemsize}
+            "results": evaluated_pixels * MAPS_PER_IMAGE * MAP_DTYPE().itemsize
+            + umci_checkpoint_bytes(profile)}
+
+
+def umci_checkpoint_bytes(profile: ProfileConfig) -> int:
+    """What the UMCI runs keep: ``final.pt`` and ``train.eval_epochs``' epochs (float32
+    weights) of every run; a finished run drops its optimizer state (``train``)."""
+    from clipsam_lib.modeling.clip_backbone import clip_dims
+    from clipsam_lib.modeling.umci import build_umci
+
+    width, embed_dim = clip_dims(profile.clip)
+    import torch
+
+    with torch.device("meta"):  # shapes only: a paper-size UMCI is 57 M parameters
+        umci = build_umci(profile.umci, width, embed_dim, len(profile.clip.stages))
+    weights = 4 * sum(p.numel() for p in umci.state_dict().values())
+    runs = len(profile.directions) * len(profile.train.seeds or [profile.train.seed]) * (
+        UMCI_RUNS_PER_DIRECTION + UMCI_RUNS_PER_DRAW * len(profile.spread_draws))
+    return runs * weights * (1 + len(profile.train.eval_epochs or []))
 
 
 def _check_folders(profile: ProfileConfig, report: Preflight, images: dict[str, int],

@@ -17,9 +17,12 @@ two steps:
 Runs live in ``results/<profile>/checkpoints/<run_key>/``, the key hashing everything
 that changes the weights (CLIP identity, UMCI config, training config except the epoch
 count, the training set). Each epoch writes ``epoch_NNN.pt`` (weights) and ``last.pt``
-(weights + optimizer); a re-run resumes from ``last.pt``; a finished run is just loaded.
-Because each epoch's data order and mosaics depend only on (seed, epoch), asking for more
-epochs later continues the same run.
+(weights + optimizer); an interrupted run resumes from ``last.pt``; a finished run is just
+loaded. A finished run keeps ``final.pt`` and the epochs ``train.eval_epochs`` asks for, and
+drops its resume state: Adam's moments make ``last.pt`` three times the weights, and a
+smoke reproduction trains about fifty runs (5 GB of resume state, which filled a CI disk).
+Because each epoch's data order and mosaics depend only on (seed, epoch), asking a finished
+run for more epochs trains it again from the start and ends where an uninterrupted run does.
 """
 
 from __future__ import annotations
@@ -356,6 +359,7 @@ def train_umci(
         losses = pd.concat([losses, pd.DataFrame(rows)], ignore_index=True)
         _save_epoch(folder, profile, umci, optimizer, epoch + 1, losses)
     _save_state(final, profile, umci, None, epochs)
+    _drop_resume_state(folder, epochs, profile.train.eval_epochs or [])
     return TrainResult(final, folder, losses, epochs, done)
 
 
@@ -473,28 +477,52 @@ def _resume(folder: Path, umci: UMCI, optimizer: torch.optim.Optimizer, epochs: 
 
     An unreadable ``last.pt`` (a crash while it was written by something other than this
     code, a disk error) falls back to the newest readable ``epoch_NNN.pt``, with a warning:
-    those hold the weights only, so Adam's moments restart from zero.
+    those hold the weights only, so Adam's moments restart from zero. Without ``last.pt``,
+    a finished run of another epoch count gives the kept epoch asked for, or starts again.
     """
     last = folder / "last.pt"
     if not last.is_file():
-        return 0
+        return _resume_finished_run(folder, umci, epochs)
     state = _load_or_none(last)
     if state is None:
         return _resume_from_epoch_file(folder, umci, epochs, last)
     if state["epoch"] > epochs:  # fewer epochs asked than done: that epoch's weights, if kept
-        kept = _load_or_none(folder / f"epoch_{epochs:03d}.pt")
-        if kept is None:
-            warnings.warn(f"{folder} trained {state['epoch']} epochs and kept no checkpoint of "
-                          f"epoch {epochs} (train.eval_epochs keeps chosen ones); training "
-                          "again from the start.", stacklevel=3)
-            for path in [folder / "last.pt", *folder.glob("epoch_*.pt")]:
-                path.unlink(missing_ok=True)
-            return 0
-        umci.load_state_dict(kept["umci"])
-        return epochs
+        return _load_kept_epoch(folder, umci, epochs, state["epoch"])
     umci.load_state_dict(state["umci"])
     optimizer.load_state_dict(state["optimizer"])
     return state["epoch"]
+
+
+def _resume_finished_run(folder: Path, umci: UMCI, epochs: int) -> int:
+    done = _saved_epoch(folder / "final.pt") if (folder / "final.pt").is_file() else None
+    if done is None:
+        return 0
+    if done > epochs:
+        return _load_kept_epoch(folder, umci, epochs, done)
+    warnings.warn(f"{folder} finished {done} epochs and kept no optimizer state (a finished "
+                  f"run drops it); training {epochs} epochs again from the start, which ends "
+                  "where an uninterrupted run does.", stacklevel=4)
+    _remove_checkpoints(folder)
+    return 0
+
+
+def _load_kept_epoch(folder: Path, umci: UMCI, epochs: int, done: int) -> int:
+    """Fewer epochs asked than done: that epoch's weights when ``train.eval_epochs`` kept
+    them, else training again from the start."""
+    kept = _load_or_none(folder / f"epoch_{epochs:03d}.pt")
+    if kept is None:
+        warnings.warn(f"{folder} trained {done} epochs and kept no checkpoint of epoch "
+                      f"{epochs} (train.eval_epochs keeps chosen ones); training again from "
+                      "the start.", stacklevel=4)
+        _remove_checkpoints(folder)
+        return 0
+    umci.load_state_dict(kept["umci"])
+    return epochs
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    for path in [folder / "last.pt", *folder.glob("epoch_*.pt")]:
+        path.unlink(missing_ok=True)
 
 
 def _load_or_none(path: Path) -> dict[str, Any] | None:
@@ -532,6 +560,14 @@ def _prune_epochs(folder: Path, newest: int, keep: list[int]) -> None:
         epoch = int(path.stem.split("_")[1])
         if epoch != newest and epoch not in keep:
             path.unlink(missing_ok=True)
+
+
+def _drop_resume_state(folder: Path, epochs: int, keep: list[int]) -> None:
+    """A finished run needs no optimizer state, and ``final.pt`` holds the last epoch's
+    weights: keep only the epochs ``train.eval_epochs`` asks for besides it."""
+    (folder / "last.pt").unlink(missing_ok=True)
+    if epochs not in keep:
+        (folder / f"epoch_{epochs:03d}.pt").unlink(missing_ok=True)
 
 
 def _saved_epoch(path: Path) -> int | None:

@@ -33,6 +33,12 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _loaded(profile, state: dict) -> torch.nn.Module:
+    umci = train.init_umci(profile)
+    umci.load_state_dict(state)
+    return umci
+
+
 def test_focal_and_dice_losses_by_hand():
     probs = torch.tensor([0.9, 0.2, 0.6, 0.5]).view(1, 1, 2, 2)  # anomalous-class probability
     two_class = torch.cat([1 - probs, probs], dim=1)
@@ -78,16 +84,21 @@ def test_training_reads_only_the_cache(tmp_path, monkeypatch):
     result = train.train_umci(profile, "src", progress=False)
     assert result.epochs == 2 and len(result.losses) == 2 * 3  # 24 images, batch 8
     assert (result.run_dir / "losses.csv").is_file()
-    # Epoch files are pruned to the newest (and train.eval_epochs): ~230 MB each at paper size.
-    assert sorted(p.name for p in result.run_dir.glob("*.pt")) == [
-        "epoch_002.pt",
-        "final.pt",
-        "last.pt",
-    ]
-    kept = train.train_umci(profile.replace(**{"train.eval_epochs": [1], "results_dir":
+    # A finished run keeps final.pt and train.eval_epochs' epochs, no resume state: ~230 MB a
+    # file at paper size, and last.pt (with Adam's moments) three times that.
+    assert sorted(p.name for p in result.run_dir.glob("*.pt")) == ["final.pt"]
+    kept = train.train_umci(profile.replace(**{"train.eval_epochs": [1, 2], "results_dir":
                                                str(tmp_path / "kept")}), "src", progress=False)
-    assert sorted(p.name for p in kept.run_dir.glob("epoch_*.pt")) == [
-        "epoch_001.pt", "epoch_002.pt"]
+    assert sorted(p.name for p in kept.run_dir.glob("*.pt")) == [
+        "epoch_001.pt", "epoch_002.pt", "final.pt"]
+    first_epoch = torch.load(kept.run_dir / "epoch_001.pt", weights_only=True)["umci"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kept epoch is loaded, not trained again
+        fewer = train.train_umci(profile.replace(**{"train.eval_epochs": [1, 2], "results_dir":
+                                                    str(tmp_path / "kept")}),
+                                 "src", epochs=1, progress=False)
+    assert fewer.epochs == 1 and same_weights(train.load_umci(fewer.checkpoint),
+                                              _loaded(profile, first_epoch))
     maps = rough_maps(
         profile, train.load_umci(result.checkpoint), "src", Workspace(profile).eval_records("src")[:3]
     )
@@ -119,9 +130,26 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp
     def refuse(*_args, **_kwargs):
         raise AssertionError("a finished run must just be loaded")
 
-    monkeypatch.setattr(train, "prepare_training_set", refuse)
-    again = train.train_umci(profile, "src", progress=False)
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "prepare_training_set", refuse)
+        again = train.train_umci(profile, "src", progress=False)
     assert again.resumed_from == 2 and again.checkpoint == resumed.checkpoint
+
+
+def test_a_finished_run_asked_for_more_epochs_ends_where_an_uninterrupted_run_does(tmp_path):
+    """A finished run keeps no optimizer state, so more epochs train again from the start;
+    the data order and mosaics of each epoch depend only on (seed, epoch)."""
+    profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1, "visa": 1}})
+    train.train_umci(profile, "src", progress=False)
+    longer = profile.replace(**{"train.epochs": {"mvtec": 2, "visa": 2}})
+    with pytest.warns(UserWarning, match="kept no optimizer state"):
+        extended = train.train_umci(longer, "src", progress=False)
+    reference = train.train_umci(longer.replace(results_dir=str(tmp_path / "ref")), "src",
+                                 progress=False)
+    assert extended.resumed_from == 0 and extended.epochs == 2
+    assert same_weights(train.load_umci(extended.checkpoint),
+                        train.load_umci(reference.checkpoint))
+    assert extended.losses["loss"].tolist() == reference.losses["loss"].tolist()
 
 
 def test_run_key_follows_what_changes_the_weights(tmp_path):

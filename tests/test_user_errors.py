@@ -77,17 +77,27 @@ def test_garbage_checkpoints_are_named_with_the_fix(tmp_path):
     assert "weights_only=False" not in message
 
 
-def test_corrupt_last_checkpoint_falls_back_to_the_newest_epoch_file(tmp_path):
+def test_corrupt_last_checkpoint_falls_back_to_the_newest_epoch_file(tmp_path, monkeypatch):
     profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 2, "visa": 2}})
     ws = Workspace(profile)
+    real_epoch = train._train_epoch
+
+    def crash_in_second_epoch(profile_, umci, optimizer, data, epoch, *rest):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(profile_, umci, optimizer, data, epoch, *rest)
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random.*")
-        first = train.train_umci(ws, "src", epochs=1, progress=False)
-        (first.run_dir / "last.pt").write_bytes(b"truncated")
+        with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+            patched.setattr(train, "_train_epoch", crash_in_second_epoch)
+            train.train_umci(ws, "src", progress=False)
+        folder = train.run_dir(ws, "src")
+        (folder / "last.pt").write_bytes(b"truncated")
         with pytest.warns(UserWarning, match=r"last.pt is unreadable; resuming from epoch_001"):
             result = train.train_umci(ws, "src", progress=False)
     assert result.resumed_from == 1 and result.epochs == 2
-    assert torch.load(result.run_dir / "last.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(result.checkpoint, weights_only=True)["epoch"] == 2
 
 
 # -- disks --------------------------------------------------------------------------------------
@@ -419,4 +429,20 @@ def test_the_preflight_counts_each_map_at_its_images_original_size(tmp_path):
         assert pixels[name] == decoded
         by_hand += decoded
     assert by_hand > 0
-    assert pre.estimated_bytes(profile, images, pixels)["results"] == by_hand * 30 * 4
+    weights = 4 * sum(t.numel() for t in train.init_umci(profile).state_dict().values())
+    runs = 13 + 2 * len(profile.spread_draws)  # one direction, one seed
+    assert pre.estimated_bytes(profile, images, pixels)["results"] == (
+        by_hand * 30 * 4 + runs * weights)
+
+
+def test_the_preflight_counts_the_kept_umci_checkpoints_of_every_run(tmp_path):
+    """A finished run keeps final.pt and the eval_epochs' files: the estimate is checked
+    against the bytes a real run leaves on disk (torch.save adds a header per tensor)."""
+    import clipsam_lib.preflight as pre
+
+    profile = tiny_profile(tmp_path, **{"train.eval_epochs": [1], "spread_draws": []}).replace(
+        directions=[{"train": "src", "test": ["dst"]}])
+    result = train.train_umci(profile, "src", progress=False)
+    on_disk = sum(f.stat().st_size for f in result.run_dir.glob("*.pt"))
+    per_run = pre.umci_checkpoint_bytes(profile) / 13
+    assert per_run <= on_disk < 1.1 * per_run  # a tiny UMCI: ~8% of headers

@@ -168,10 +168,24 @@ def test_checkpoints_hold_cpu_tensors_and_seeding_leaves_cuda_alone(tmp_path, mo
 
     monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
     monkeypatch.setattr(torch.cuda, "manual_seed", refuse)
-    profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1, "visa": 1}})
+    profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 2, "visa": 2}})
+    real_epoch = train._train_epoch
+
+    def stop_in_second_epoch(profile_, umci, optimizer, data, epoch, *rest):
+        if epoch == 1:  # an interrupted run keeps its resume state (last.pt, with Adam's)
+            raise KeyboardInterrupt
+        return real_epoch(profile_, umci, optimizer, data, epoch, *rest)
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(train, "_train_epoch", stop_in_second_epoch)
+        train.train_umci(Workspace(profile), "src", progress=False)
+    folder = train.run_dir(profile, "src")
+    states = {name: torch.load(folder / name, weights_only=True)  # no map_location
+              for name in ("last.pt", "epoch_001.pt")}
     result = train.train_umci(Workspace(profile), "src", progress=False)
-    for name in ("final.pt", "last.pt", "epoch_001.pt"):
-        state = torch.load(result.run_dir / name, weights_only=True)  # no map_location
+    states["final.pt"] = torch.load(result.checkpoint, weights_only=True)
+    assert "optimizer" in states["last.pt"]
+    for state in states.values():
         tensors = [t for t in state["umci"].values()]
         if "optimizer" in state:
             tensors += [v for s in state["optimizer"]["state"].values() for v in s.values()

@@ -28,7 +28,7 @@ reproduce: env
 	$(VENV)/bin/clipsam run --profile $(PROFILE)
 
 test: env
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
 
 lint: env
 	$(VENV)/bin/ruff check clipsam_lib tests bench

@@ -444,5 +444,5 @@ def map_dir_sizes(runs: Sequence[VariantRun]) -> pd.DataFrame:
     seen = {}
     for run in runs:
         folder = Path(run.maps.dir)
-        seen[str(folder)] = sum(p.stat().st_size for p in folder.rglob("*.npy"))
+        seen[str(folder)] = sum(p.stat().st_size for p in folder.rglob("*.np[yz]"))
     return pd.DataFrame({"map_dir": list(seen), "MiB": np.array(list(seen.values())) / 2**20})

@@ -6,8 +6,9 @@ Two entry points, both on the same per-image step (``final_map_of``):
   expensive backbone work (CLIP stage tokens, SAM image embedding) is done once in
   ``set_image`` (through the feature caches when enabled), then ``predict(class_name)``
   runs only UMCI and SAM's decoder.
-- :func:`run_dataset`: final maps for a list of records, one float32 ``.npy`` per image
-  at the original resolution, in a folder keyed by exactly what determines a map
+- :func:`run_dataset`: final maps for a list of records, one ``.npz`` per image (the
+  rough map and what MMR changed, rebuilt exactly at the original resolution by
+  :func:`read_map`), in a folder keyed by exactly what determines a map
   (:func:`map_key`), so ablation variants never mix, an interrupted run resumes and a
   change of evaluation settings recomputes nothing. Backbone features come from the
   caches; per variant only UMCI and SAM's decoder run.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 from clipsam_lib import paths
 from clipsam_lib.config import MMRConfig, ProfileConfig
 from clipsam_lib.data.fingerprint import records_fingerprint
+from clipsam_lib.errors import UserError
 from clipsam_lib.features import (
     ClipFeatureStore,
     SamEmbeddingReader,
@@ -41,7 +44,7 @@ from clipsam_lib.features import (
     sam_cache,
 )
 from clipsam_lib.io_utils import atomic_path, write_json_atomic
-from clipsam_lib.modeling.mmr import MMRResult, Prompts, refine, resize_map
+from clipsam_lib.modeling.mmr import MMRResult, Prompts, refine, upsampled_rough
 from clipsam_lib.modeling.sam_backbone import SamBackbone, SamEmbedding
 from clipsam_lib.modeling.umci import UMCI
 from clipsam_lib.workspace import Workspace, as_workspace
@@ -62,7 +65,7 @@ def _as_umci(umci: UMCI | str | Path, device: Any) -> UMCI:
 
 def without_refinement(rough_map: np.ndarray, size: tuple[int, int]) -> MMRResult:
     """The MMR-off result: the rough map at the original size, no prompts, no masks."""
-    clip_map = np.clip(resize_map(rough_map, size), 0.0, 1.0)
+    clip_map = upsampled_rough(rough_map, size)
     h, w = size
     empty = Prompts(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32),
                     np.zeros(0, np.int64))
@@ -268,7 +271,7 @@ class MapSet:
     computed: int = 0  # maps written by this call (the rest were already there)
 
     def __call__(self, rec: Record) -> np.ndarray:
-        return np.load(self.paths[rec["img_path"]]).astype(np.float32)
+        return read_map(self.paths[rec["img_path"]])
 
     def sidecar(self, rec: Record) -> dict[str, Any]:
         """What MMR did in this image: regions, boxes, points (x, y) and SAM's scores."""
@@ -279,22 +282,29 @@ class MapSet:
         return int(self.sidecar(rec)["regions"])
 
 
-# Maps are stored as computed. Metrics rank pixels, and a trained UMCI's rough maps on
-# the other dataset can sit far below 1e-4 (the earlier mini backbones', on synth_mvtec:
-# image maxima 8e-7 to 3e-5), where float16 steps by 6e-8: 13 to 500 levels below them.
-# Stored as float16, that smoke profile's +UMCI rough maps read pixel AUROC / PRO-l200
-# 70.3 / 30.4 and 68.9 / 34.7 in the two directions, as computed 70.3 / 30.6 and 69.7 /
-# 30.1; +UMCI+MMR's AP on synth_mvtec read 4.8 instead of 6.4. Twice float16's disk
-# (preflight counts it).
+# Maps are stored exactly as computed, never rounded. Metrics rank pixels, and a trained
+# UMCI's rough maps on the other dataset can sit far below 1e-4 (the earlier mini
+# backbones', on synth_mvtec: image maxima 8e-7 to 3e-5), where float16 steps by 6e-8:
+# 13 to 500 levels below them. Stored as float16, that smoke profile's +UMCI rough maps
+# read pixel AUROC / PRO-l200 70.3 / 30.4 and 68.9 / 34.7 in the two directions, as
+# computed 70.3 / 30.6 and 69.7 / 30.1; +UMCI+MMR's AP on synth_mvtec read 4.8 instead of
+# 6.4.
 MAP_DTYPE = np.float32
+# A final map is M_c (the S x S rough map upsampled) except where MMR's masks changed it,
+# so it is stored as the rough map, the changed pixels (bit-packed, deflated) and their
+# values, and rebuilt by the same upsampling (``read_map``). At the paper's sizes a map
+# of a 1024 x 1024 MVTec AD image is 4 MB as float32 and about 1 MB so (the 518 x 518
+# rough map); 30 variants of MVTec AD's and VisA's test images are ~0.6 TB the first way.
+# A checksum of the whole map makes the rebuilding exact or an error, never approximate.
+MAP_FORMAT = "rough+changed-v1"
 
 
 def map_path(folder: Path, rec: Record) -> Path:
-    return folder / Path(rec["img_path"]).with_suffix(".npy")
+    return folder / Path(rec["img_path"]).with_suffix(".npz")
 
 
-def _save_map(path: Path, steps: MMRResult) -> None:
-    """The map (``MAP_DTYPE`` .npy) and a sidecar with MMR's prompts and scores (.json).
+def _save_map(path: Path, steps: MMRResult, rough_map: np.ndarray) -> None:
+    """The map (``MAP_FORMAT`` .npz) and a sidecar with MMR's prompts and scores (.json).
 
     The sidecar is written first: a map file only exists once the image is complete.
     """
@@ -304,8 +314,36 @@ def _save_map(path: Path, steps: MMRResult) -> None:
         "points": steps.prompts.points.tolist(),
         "scores": np.round(steps.scores, 5).tolist(),
     })
+    final = np.ascontiguousarray(steps.final_map, dtype=MAP_DTYPE)
+    rough = np.asarray(rough_map, dtype=np.float32)
+    # Compared as bits: a NaN or a -0.0 is a changed value like any other.
+    changed = final.view(np.uint32) != upsampled_rough(rough, final.shape).view(np.uint32)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, steps.final_map.astype(MAP_DTYPE))
+        np.savez(handle, rough=rough, size=np.array(final.shape, np.int64),
+                 changed=np.frombuffer(zlib.compress(np.packbits(changed).tobytes()), np.uint8),
+                 values=final[changed], crc32=np.array([zlib.crc32(final.tobytes())], np.uint64))
+
+
+def read_map(path: Path) -> np.ndarray:
+    """A stored final map (float32, the original size), rebuilt exactly as it was computed.
+
+    ``.npy``: a map stored whole (hand-made ones, e.g. in tests).
+    """
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path).astype(MAP_DTYPE)
+    with np.load(path) as stored:
+        size = tuple(int(v) for v in stored["size"])
+        final = upsampled_rough(stored["rough"], size)
+        bits = np.frombuffer(zlib.decompress(stored["changed"].tobytes()), np.uint8)
+        changed = np.unpackbits(bits, count=size[0] * size[1]).reshape(size).astype(bool)
+        final[changed] = stored["values"]
+        expected = int(stored["crc32"][0])
+    if zlib.crc32(final.tobytes()) != expected:
+        raise UserError(f"The map {path} does not rebuild to the map that was computed (it "
+                        "was written on a machine whose bilinear resize rounds differently, "
+                        "or the file is damaged); delete its folder to compute it again here.")
+    return final
 
 
 def map_key(profile: ProfileConfig, umci: UMCI, data: str | None = None) -> str:
@@ -332,7 +370,7 @@ def map_key(profile: ProfileConfig, umci: UMCI, data: str | None = None) -> str:
         "umci_weights": umci_weights_hash(umci),
         "mmr": dataclasses.asdict(profile.mmr),
         "sam": sam_identity(profile.sam) if profile.mmr.enabled else None,
-        "stored_as": np.dtype(MAP_DTYPE).name,
+        "stored_as": MAP_FORMAT,
         "data": data,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -351,9 +389,9 @@ def run_dataset(
 ) -> MapSet:
     """Write the final map of every record; skip those already written (resume).
 
-    Maps go to ``<out_dir>/<dataset>/<map_key>/<img_path>.npy`` (``out_dir`` defaults to
-    ``results/<profile>/maps``), float32 at the original size, each with a ``.json``
-    sidecar (MMR's regions, boxes, points, scores). ``mmr_cfg`` replaces ``profile.mmr``
+    Maps go to ``<out_dir>/<dataset>/<map_key>/<img_path>.npz`` (``out_dir`` defaults to
+    ``results/<profile>/maps``; ``MAP_FORMAT``, read back by ``read_map`` as float32 at the
+    original size), each with a ``.json`` sidecar (MMR's regions, boxes, points, scores). ``mmr_cfg`` replaces ``profile.mmr``
     (an MMR ablation variant). Missing backbone features are extracted into the caches
     first, by the workspace's backbones; SAM's decoder is the workspace's SAM.
     """
@@ -391,7 +429,7 @@ def run_dataset(
             if profile.mmr.enabled:
                 embedding = cached_embedding(cache, store.image_key(dataset_name, rec))
             steps = final_map_of(rough[rec["img_path"]], profile.mmr, size, sam, embedding)
-            _save_map(maps.paths[rec["img_path"]], steps)
+            _save_map(maps.paths[rec["img_path"]], steps, rough[rec["img_path"]])
             maps.computed += 1
             bar.update()
     bar.close()

@@ -231,6 +231,10 @@ def _decode_all(root: Path, recs: list[dict[str, Any]], profile: ProfileConfig) 
 # Map variants per evaluated image. Measured on the smoke profile: notebooks 02-04 wrote
 # 25 and 24 on the two test sets, 2 on each generalization set; 30 leaves room.
 MAPS_PER_IMAGE = 30
+# A stored map is its S x S rough map plus the pixels MMR changed (pipeline.MAP_FORMAT).
+# MMR changed 1.0 % of the smoke reproduction's map pixels (bench/map_store.py,
+# 2026-12-05); counted as a tenth, so that a SAM with larger masks still fits.
+CHANGED_SHARE = 0.1
 
 
 # UMCI runs per direction and seed, counted in a smoke reproduction (2026-12-04): 13 for
@@ -243,9 +247,10 @@ UMCI_RUNS_PER_DRAW = 2
 def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
                     pixels: dict[str, int]) -> dict[str, int]:
     """Bytes the run writes, from the shapes: CLIP tokens (+ global embedding) per image,
-    SAM embeddings per evaluated image, maps of about 30 variants per evaluated image,
-    each at the image's original size (``pixels``) in ``pipeline.MAP_DTYPE``, and the UMCI
-    runs' kept checkpoints (``umci_checkpoint_bytes``)."""
+    SAM embeddings per evaluated image, maps of about 30 variants per evaluated image
+    (each its S x S rough map and the changed share of the original size's ``pixels``, in
+    ``pipeline.MAP_DTYPE``), and the UMCI runs' kept checkpoints
+    (``umci_checkpoint_bytes``)."""
     from clipsam_lib.modeling.clip_backbone import clip_dims, clip_patch_size
     from clipsam_lib.modeling.sam_backbone import sam_embedding_shape
     from clipsam_lib.pipeline import MAP_DTYPE
@@ -261,7 +266,8 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
     evaluated = sum(n for name, n in images.items() if name in tested)
     evaluated_pixels = sum(n for name, n in pixels.items() if name in tested)
     return {"cache": total * clip_bytes + evaluated * sam_bytes,
-            "results": evaluated_pixels * MAPS_PER_IMAGE * MAP_DTYPE().itemsize
+            "results": int(MAPS_PER_IMAGE * MAP_DTYPE().itemsize * (
+                evaluated * profile.clip.image_size**2 + CHANGED_SHARE * evaluated_pixels))
             + umci_checkpoint_bytes(profile)}
 
 

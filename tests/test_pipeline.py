@@ -11,6 +11,7 @@ from PIL import Image
 
 from clipsam_lib import pipeline
 from clipsam_lib.config import MMRConfig, load_profile
+from clipsam_lib.errors import UserError
 from clipsam_lib.modeling import BACKBONE_BUILDS, mmr
 from clipsam_lib.modeling.clip_backbone import ClipBackbone
 from clipsam_lib.modeling.sam_backbone import SamBackbone
@@ -142,7 +143,7 @@ def test_run_dataset_writes_resumes_and_keys_variants(toy, monkeypatch):
     assert run_dataset(profile, umci, "toy", records, out, progress=False).computed == 0
 
     rec, image = records[0], images[0]
-    stored = np.load(maps.paths[rec["img_path"]])
+    stored = maps(rec)
     assert stored.dtype == np.float32 and stored.shape == image.shape[:2]
     expected = ClipSAMPredictor(profile, umci).predict(image, "widget")
     # Stored as computed: the batched and the one-image paths differ by float32 rounding
@@ -164,13 +165,51 @@ def test_a_stored_map_keeps_the_order_of_near_zero_scores(tmp_path):
                         np.zeros(0, np.int64), "point+box")
     steps = mmr.MMRResult(scores, np.zeros_like(labels), empty, np.zeros((0, 3, 64, 64), bool),
                           np.zeros((0, 3), np.float32), scores)
-    path = tmp_path / "map.npy"
-    pipeline._save_map(path, steps)
+    path = tmp_path / "map.npz"
+    pipeline._save_map(path, steps, scores)
     stored = pipeline.MapSet(tmp_path, "key", {"x": path})({"img_path": "x"})
     assert len(np.unique(stored)) == scores.size
     assert roc_auc_score(labels.ravel(), stored.ravel()) == roc_auc_score(labels.ravel(),
                                                                           scores.ravel())
     assert len(np.unique(scores.astype(np.float16))) < 100  # what float16 would keep
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+def test_a_stored_map_is_rebuilt_bit_for_bit_from_its_rough_map_and_changed_pixels(tmp_path):
+    """Maps are stored as the S x S rough map plus the pixels MMR changed; reading one back
+    gives the computed map bit for bit (NaN and -0.0 included), in a fraction of the bytes
+    of float32 at the original size."""
+    rng = np.random.default_rng(0)
+    rough = rng.random((32, 32), dtype=np.float32) * 1e-4
+    size = (120, 90)
+    clip_map = mmr.upsampled_rough(rough, size)
+    final = clip_map.copy()
+    final[40:60, 10:30] = 0.5 * clip_map[40:60, 10:30] + 0.5 * rng.random((20, 20)) ** 3
+    final[0, 0], final[1, 1], final[2, 2] = np.nan, -0.0, 1.0
+    empty = mmr.Prompts(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32),
+                        np.zeros(0, np.int64), "point+box")
+    steps = mmr.MMRResult(clip_map, np.zeros(size, bool), empty,
+                          np.zeros((0, 3, *size), bool), np.zeros((0, 3), np.float32),
+                          final.astype(np.float32))
+    path = tmp_path / "a.npz"
+    pipeline._save_map(path, steps, rough)
+    np.testing.assert_array_equal(_bits(pipeline.read_map(path)), _bits(final))
+    assert path.stat().st_size < 0.5 * final.nbytes  # 32 x 32 rough + 403 changed values
+
+    unchanged = mmr.MMRResult(**{**vars(steps), "final_map": clip_map})
+    pipeline._save_map(path, unchanged, rough)
+    np.testing.assert_array_equal(_bits(pipeline.read_map(path)), _bits(clip_map))
+
+    with np.load(path) as stored:  # a map whose rebuilding differs is refused, named
+        parts = dict(stored)
+    parts["rough"] = parts["rough"] * np.float32(1.001)
+    with open(path, "wb") as handle:
+        np.savez(handle, **parts)
+    with pytest.raises(UserError, match=r"a\.npz does not rebuild .* delete its folder"):
+        pipeline.read_map(path)
 
 
 def test_variants_never_share_a_map_folder(toy):

@@ -411,9 +411,10 @@ def test_mask_threshold_reads_raw_values_for_the_deep_check(tmp_path):
     assert read_mask(tmp_path / "m.png", 0.0, "raw").sum() == 1
 
 
-def test_the_preflight_counts_each_map_at_its_images_original_size(tmp_path):
-    """Maps are stored at each image's own size (float32), so the disk estimate adds up
-    the test images' pixels, counted here by decoding every file."""
+def test_the_preflight_counts_each_map_as_its_rough_map_and_changed_pixels(tmp_path):
+    """A map is stored as its S x S rough map plus the pixels MMR changed at the image's
+    own size (float32), so the disk estimate adds up the test images' pixels, counted
+    here by decoding every file."""
     import clipsam_lib.preflight as pre
     from clipsam_lib.data.io import read_image_rgb
 
@@ -431,8 +432,9 @@ def test_the_preflight_counts_each_map_at_its_images_original_size(tmp_path):
     assert by_hand > 0
     weights = 4 * sum(t.numel() for t in train.init_umci(profile).state_dict().values())
     runs = 13 + 2 * len(profile.spread_draws)  # one direction, one seed
-    assert pre.estimated_bytes(profile, images, pixels)["results"] == (
-        by_hand * 30 * 4 + runs * weights)
+    side = profile.clip.image_size
+    maps = int(30 * 4 * (images["dst"] * side * side + 0.1 * by_hand))
+    assert pre.estimated_bytes(profile, images, pixels)["results"] == maps + runs * weights
 
 
 def test_the_preflight_counts_the_kept_umci_checkpoints_of_every_run(tmp_path):

@@ -79,6 +79,12 @@ def resize_map(score_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(score_map, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def upsampled_rough(rough_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """M_c: the rough map at the original size, in [0, 1] (what MMR and the MMR-off
+    variants start from, and what a stored map is rebuilt from: ``pipeline.read_map``)."""
+    return np.clip(resize_map(rough_map, size), 0.0, 1.0)
+
+
 THRESHOLD_MODES = CHOICES["mmr.threshold_mode"]
 
 
@@ -340,7 +346,7 @@ class MMRResult:
 def refine(sam: Sam, embedding: SamEmbedding, rough_map: np.ndarray,
            cfg: MMRConfig) -> MMRResult:
     """Run MMR on one image: rough map (any size) + cached SAM embedding -> final map."""
-    clip_map = np.clip(resize_map(rough_map, embedding.original_size), 0.0, 1.0)
+    clip_map = upsampled_rough(rough_map, embedding.original_size)
     binary, prompts = extract_prompts(clip_map, cfg)
     masks, scores = decode_masks(sam, embedding, prompts, cfg.decoder_batching)
     final = fuse(clip_map, masks, scores, cfg)

@@ -104,10 +104,11 @@ class SamRecipe:
     # around a part of the region (sides ``part_box_scale`` x the region's, around its
     # point), the target the whole region. MMR's boxes there are a quarter of their
     # defect's side (median 9 px against 36-40 px; bench/mmr_gain_by_pointing.py).
-    # Measured 2026-12-04, not adopted yet: 0.5 doubles the defect pixels SAM's masks
-    # cover from MMR's prompts (64 % / 63 % against 34 % / 33 %) and MMR's mean F1-max
-    # gain over 8 draws (+5.1 / +8.4 points against +4.1 / +5.2), but the median IoU from
-    # a defect's own box falls to 0.368 / 0.384 (docs/miniature.md).
+    # Measured 2026-12-04: 0.5 doubles the defect pixels SAM's masks cover from MMR's
+    # prompts (64 % / 63 % against 34 % / 33 %) and MMR's mean F1-max gain over 8 draws
+    # (+5.1 / +8.4 points against +4.1 / +5.2), but the median IoU from a defect's own box
+    # falls to 0.368 / 0.384. Not adopted (2026-12-05): the part sizes come from the test
+    # sets' masks, and real SAM reads a box as the object's extent (docs/miniature.md).
     part_box_rate: float = 0.0
     part_box_scale: tuple[float, float] = (0.1, 0.5)
     lr: float = 8e-4

@@ -296,11 +296,18 @@ MAP_DTYPE = np.float32
 # of a 1024 x 1024 MVTec AD image is 4 MB as float32 and about 1 MB so (the 518 x 518
 # rough map); 30 variants of MVTec AD's and VisA's test images are ~0.6 TB the first way.
 # A checksum of the whole map makes the rebuilding exact or an error, never approximate.
+# The values are the same float32 either way, so the format is not part of the map key:
+# a folder written before (whole float32 .npy maps) keeps serving its maps, and an
+# interrupted one is completed in the new format.
 MAP_FORMAT = "rough+changed-v1"
 
 
 def map_path(folder: Path, rec: Record) -> Path:
-    return folder / Path(rec["img_path"]).with_suffix(".npz")
+    """Where a record's map is (a whole ``.npy`` written before ``MAP_FORMAT``), or goes."""
+    stem = folder / Path(rec["img_path"])
+    earlier = stem.with_suffix(".npy")
+    compact = stem.with_suffix(".npz")
+    return earlier if earlier.is_file() and not compact.is_file() else compact
 
 
 def _save_map(path: Path, steps: MMRResult, rough_map: np.ndarray) -> None:
@@ -308,6 +315,8 @@ def _save_map(path: Path, steps: MMRResult, rough_map: np.ndarray) -> None:
 
     The sidecar is written first: a map file only exists once the image is complete.
     """
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: maps are written as .npz ({MAP_FORMAT}).")
     write_json_atomic(path.with_suffix(".json"), {
         "regions": len(steps.prompts),
         "boxes": steps.prompts.boxes.tolist(),
@@ -370,7 +379,7 @@ def map_key(profile: ProfileConfig, umci: UMCI, data: str | None = None) -> str:
         "umci_weights": umci_weights_hash(umci),
         "mmr": dataclasses.asdict(profile.mmr),
         "sam": sam_identity(profile.sam) if profile.mmr.enabled else None,
-        "stored_as": MAP_FORMAT,
+        "stored_as": np.dtype(MAP_DTYPE).name,  # the values, whatever the file format
         "data": data,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

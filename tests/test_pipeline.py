@@ -142,7 +142,20 @@ def test_run_dataset_writes_resumes_and_keys_variants(toy, monkeypatch):
     assert not list(maps.dir.rglob("*.tmp"))
     assert run_dataset(profile, umci, "toy", records, out, progress=False).computed == 0
 
-    rec, image = records[0], images[0]
+    # A folder written before the compact format keeps serving its whole float32 maps,
+    # and a missing map is completed in the new format.
+    earlier, missing = maps.paths[records[0]["img_path"]], maps.paths[records[1]["img_path"]]
+    computed = maps(records[0])
+    np.save(earlier.with_suffix(".npy"), computed)
+    earlier.unlink()
+    missing.unlink()
+    again = run_dataset(profile, umci, "toy", records, out, progress=False)
+    assert again.dir == maps.dir and again.computed == 1
+    assert again.paths[records[0]["img_path"]].suffix == ".npy"
+    assert again.paths[records[1]["img_path"]] == missing and missing.is_file()
+    np.testing.assert_array_equal(again(records[0]), computed)
+
+    maps, rec, image = again, records[0], images[0]
     stored = maps(rec)
     assert stored.dtype == np.float32 and stored.shape == image.shape[:2]
     expected = ClipSAMPredictor(profile, umci).predict(image, "widget")

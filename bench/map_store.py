@@ -7,6 +7,13 @@ times reading it against ``np.load`` of the same map stored whole, written to a 
 folder. Also prints the arithmetic for the paper's sizes.
 
     .venv/bin/python bench/map_store.py [MAPS_FOLDER] [--limit N]
+
+Measured 2026-12-05 (2 cores, smoke maps recomputed in the new format, first 3,000):
+585 MiB against 686 MiB whole (1.17x: the smoke's 224 x 224 rough maps are nearly its
+pictures' size), MMR changed 0.99 % of the pixels, a read 0.85 ms against 0.22 ms; at the
+paper's sizes (518 x 518 rough maps) 1.1 MiB against 4.0 MiB (MVTec AD, 1024 x 1024) and
+5.7 MiB (VisA, 1500 x 1000). Maps written before the format (whole ``.npy``) are read as
+they are and not counted here.
 """
 
 from __future__ import annotations

@@ -274,12 +274,12 @@ def estimated_bytes(profile: ProfileConfig, images: dict[str, int],
 def umci_checkpoint_bytes(profile: ProfileConfig) -> int:
     """What the UMCI runs keep: ``final.pt`` and ``train.eval_epochs``' epochs (float32
     weights) of every run; a finished run drops its optimizer state (``train``)."""
+    import torch
+
     from clipsam_lib.modeling.clip_backbone import clip_dims
     from clipsam_lib.modeling.umci import build_umci
 
     width, embed_dim = clip_dims(profile.clip)
-    import torch
-
     with torch.device("meta"):  # shapes only: a paper-size UMCI is 57 M parameters
         umci = build_umci(profile.umci, width, embed_dim, len(profile.clip.stages))
     weights = 4 * sum(p.numel() for p in umci.state_dict().values())

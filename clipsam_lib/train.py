@@ -494,7 +494,7 @@ def _resume(folder: Path, umci: UMCI, optimizer: torch.optim.Optimizer, epochs: 
 
 
 def _resume_finished_run(folder: Path, umci: UMCI, epochs: int) -> int:
-    done = _saved_epoch(folder / "final.pt") if (folder / "final.pt").is_file() else None
+    done = _saved_epoch(folder / "final.pt")  # None: no (readable) finished run
     if done is None:
         return 0
     if done > epochs:

@@ -9,12 +9,16 @@ CLIP carries no semantics, so the defect must be visible in its raw patch featur
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from clipsam_lib import train
 from clipsam_lib.config import ProfileConfig, load_profile
 
 SOURCE_CLASSES = [("felt", (1.0, 0.6, 0.3), 3.0), ("moss", (0.4, 1.0, 0.5), 6.0)]
@@ -99,3 +103,19 @@ def tiny_profile(tmp: Path, **overrides) -> ProfileConfig:
         directions=[],
         **settings,
     )
+
+
+@contextlib.contextmanager
+def training_interrupted_in_epoch(index: int) -> Iterator[None]:
+    """The body's ``train.train_umci`` stops with a KeyboardInterrupt (a user's Ctrl-C)
+    when epoch ``index`` (0-based) starts; the epochs before it are saved as usual."""
+    real = train._train_epoch
+
+    def interrupted(profile, umci, optimizer, data, epoch, *rest):
+        if epoch == index:
+            raise KeyboardInterrupt
+        return real(profile, umci, optimizer, data, epoch, *rest)
+
+    with pytest.MonkeyPatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(train, "_train_epoch", interrupted)
+        yield

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-from synthetic_defects import tiny_profile
+from synthetic_defects import tiny_profile, training_interrupted_in_epoch
 
 from clipsam_lib import paths, train
 from clipsam_lib.data.io import read_mask
@@ -111,17 +111,8 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp
         profile.replace(results_dir=str(tmp_path / "ref")), "src", progress=False
     )
 
-    real_epoch = train._train_epoch
-
-    def crash_in_second_epoch(profile_, umci, optimizer, data, epoch, *rest):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(profile_, umci, optimizer, data, epoch, *rest)
-
-    monkeypatch.setattr(train, "_train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with training_interrupted_in_epoch(1):
         train.train_umci(profile, "src", progress=False)
-    monkeypatch.setattr(train, "_train_epoch", real_epoch)
     resumed = train.train_umci(profile, "src", progress=False)
     assert resumed.resumed_from == 1
     assert same_weights(train.load_umci(resumed.checkpoint), train.load_umci(reference.checkpoint))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic_defects import tiny_profile
+from synthetic_defects import tiny_profile, training_interrupted_in_epoch
 
 from clipsam_lib import cli, io_utils, runner, train
 from clipsam_lib.config import ConfigError, load_profile
@@ -77,20 +77,12 @@ def test_garbage_checkpoints_are_named_with_the_fix(tmp_path):
     assert "weights_only=False" not in message
 
 
-def test_corrupt_last_checkpoint_falls_back_to_the_newest_epoch_file(tmp_path, monkeypatch):
+def test_corrupt_last_checkpoint_falls_back_to_the_newest_epoch_file(tmp_path):
     profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 2, "visa": 2}})
     ws = Workspace(profile)
-    real_epoch = train._train_epoch
-
-    def crash_in_second_epoch(profile_, umci, optimizer, data, epoch, *rest):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(profile_, umci, optimizer, data, epoch, *rest)
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random.*")
-        with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-            patched.setattr(train, "_train_epoch", crash_in_second_epoch)
+        with training_interrupted_in_epoch(1):
             train.train_umci(ws, "src", progress=False)
         folder = train.run_dir(ws, "src")
         (folder / "last.pt").write_bytes(b"truncated")

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from synthetic_defects import tiny_profile
+from synthetic_defects import tiny_profile, training_interrupted_in_epoch
 
 from clipsam_lib import ablations, data, train
 from clipsam_lib.config import Direction
@@ -169,15 +169,7 @@ def test_checkpoints_hold_cpu_tensors_and_seeding_leaves_cuda_alone(tmp_path, mo
     monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
     monkeypatch.setattr(torch.cuda, "manual_seed", refuse)
     profile = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 2, "visa": 2}})
-    real_epoch = train._train_epoch
-
-    def stop_in_second_epoch(profile_, umci, optimizer, data, epoch, *rest):
-        if epoch == 1:  # an interrupted run keeps its resume state (last.pt, with Adam's)
-            raise KeyboardInterrupt
-        return real_epoch(profile_, umci, optimizer, data, epoch, *rest)
-
-    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(train, "_train_epoch", stop_in_second_epoch)
+    with training_interrupted_in_epoch(1):  # keeps its resume state (last.pt, with Adam's)
         train.train_umci(Workspace(profile), "src", progress=False)
     folder = train.run_dir(profile, "src")
     states = {name: torch.load(folder / name, weights_only=True)  # no map_location

@@ -1,5 +1,5 @@
 """`clipsam` command line: index, download, build-benchmark, check, predict, pretrain-mini,
-run.
+run, clean.
 
 Errors a user can cause (``clipsam_lib.errors.UserError`` and its kinds) are printed as
 one line each (no traceback) with exit code 2; any other exception is a bug and keeps its
@@ -87,6 +87,21 @@ def _cmd_run(args: argparse.Namespace) -> None:
     run_notebooks(args.profile, start=args.start, only=args.only, deep_check=args.deep)
 
 
+def _cmd_clean(args: argparse.Namespace) -> None:
+    from clipsam_lib.cleanup import remove, stale_folders
+    from clipsam_lib.config import load_profile
+
+    stale, notes = stale_folders(load_profile(args.profile))
+    for line in [*notes, *(folder.line() for folder in stale)]:
+        print(line)
+    total = sum(folder.size_bytes for folder in stale) / 2**30
+    if not args.delete:
+        print(f"{len(stale)} folder(s), {total:.2f} GiB, unused by the latest complete run"
+              + (": `--delete` removes them" if stale else ""))
+        return
+    print(f"removed {len(stale)} folder(s), {remove(stale) / 2**30:.2f} GiB")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipsam", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: the package's mini_weights/, the committed files)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.set_defaults(func=_cmd_pretrain_mini)
+
+    p = sub.add_parser("clean", help="list (or --delete) cache, UMCI and map folders the "
+                       "latest complete run did not use")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--delete", action="store_true", help="remove them (default: only list)")
+    p.set_defaults(func=_cmd_clean)
 
     p = sub.add_parser("run", help="execute the numbered notebooks through papermill")
     p.add_argument("--profile", default="smoke")

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipsam_lib import paths
+from clipsam_lib.cleanup import mark_used
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.io_utils import atomic_path, disk_error, write_json_atomic
 from clipsam_lib.modeling import text_prompts
@@ -68,6 +69,7 @@ class FeatureCache:
         identity_file = self.dir / "identity.json"
         if not identity_file.exists():
             write_json_atomic(identity_file, self.identity)
+        mark_used(self.dir)
 
     def key(self, image_key: str, **params: Any) -> str:
         """Entry key: image content hash + everything else that changes the output."""

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipsam_lib import paths
+from clipsam_lib.cleanup import mark_used
 from clipsam_lib.config import MMRConfig, ProfileConfig
 from clipsam_lib.data.fingerprint import records_fingerprint
 from clipsam_lib.errors import UserError
@@ -415,10 +416,12 @@ def run_dataset(
     maps = MapSet(folder, key, {rec["img_path"]: map_path(folder, rec) for rec in records})
     todo = [rec for rec in records if not maps.paths[rec["img_path"]].is_file()]
     if not todo:
+        mark_used(folder)
         return maps
     write_json_atomic(folder / "variant.json", {
         "dataset": dataset_name, "variant_key": key, "config": profile.to_dict(),
     })
+    mark_used(folder)
 
     extract_clip_features(profile, dataset_name, todo, backbone=ws.clip, progress=progress)
     store = ClipFeatureStore(profile)

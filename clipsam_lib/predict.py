@@ -25,6 +25,7 @@ import numpy as np
 import tifffile
 from tqdm.auto import tqdm
 
+from clipsam_lib.cleanup import mark_used
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.data.io import DatasetError, read_image_rgb
 from clipsam_lib.errors import DiskError, UserError
@@ -107,6 +108,7 @@ def default_umci(workspace: Workspace | ProfileConfig) -> tuple[Path, str]:
         raise UserError(
             f"No trained UMCI for profile {ws.profile.name} at {checkpoint}: train it with "
             f"`clipsam run --profile {ws.profile.name} --only 01` (or pass --umci CHECKPOINT).")
+    mark_used(checkpoint.parent)
     return checkpoint, f"trained on {direction.train} (profile {ws.profile.name})"
 
 

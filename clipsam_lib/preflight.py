@@ -303,8 +303,23 @@ def _check_folders(profile: ProfileConfig, report: Preflight, images: dict[str, 
         if free < needs[label]:
             report.problems.append(
                 f"{folder} has {free / GIB:.1f} GiB free but the run writes about "
-                f"{needs[label] / GIB:.1f} GiB there; free space or point the profile's "
-                f"{label}_dir elsewhere.")
+                f"{needs[label] / GIB:.1f} GiB there; free space{_stale_hint(profile, folder)} "
+                f"or point the profile's {label}_dir elsewhere.")
+
+
+def _stale_hint(profile: ProfileConfig, folder: Path) -> str:
+    """Where a full disk holds folders no complete run uses any more (``cleanup``)."""
+    from clipsam_lib.cleanup import stale_folders
+
+    try:
+        stale, _ = stale_folders(profile)
+    except UserError:
+        return ""
+    size = sum(s.size_bytes for s in stale if s.path.is_relative_to(folder))
+    if not size:
+        return ""
+    return (f" (`clipsam clean --profile {profile.name} --delete` frees {size / GIB:.1f} GiB "
+            "of folders the latest complete run did not use)")
 
 
 def _existing_parent(folder: Path) -> Path:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsam_lib.cleanup import record_complete_run
 from clipsam_lib.config import load_profile
 from clipsam_lib.errors import UserError
 from clipsam_lib.io_utils import write_json_atomic
@@ -114,7 +115,9 @@ def run_notebooks(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     folder = Path(notebooks_dir) if notebooks_dir else project_root() / "notebooks"
-    selected = select_notebooks(numbered_notebooks(folder), start=start, only=only)
+    every = numbered_notebooks(folder)
+    selected = select_notebooks(every, start=start, only=only)
+    started = time.time()  # before any stage stamps the folders it uses (cleanup)
     report = preflight(config, deep=deep_check).raise_for_problems()
     for line in report.cleaned:
         print(f"[clipsam run] removed {line}", flush=True)
@@ -132,4 +135,6 @@ def run_notebooks(
         "notebooks": [{"name": r.name, "seconds": round(r.seconds, 1)} for r in runs],
     }
     write_json_atomic(out_dir / "run_log.json", log)
+    if selected == every:
+        record_complete_run(config, started)
     return runs

@@ -43,6 +43,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clipsam_lib import paths
+from clipsam_lib.cleanup import mark_used
 from clipsam_lib.config import EvalConfig, ProfileConfig, UMCIConfig
 from clipsam_lib.features import (
     ClipFeatureStore,
@@ -337,6 +338,7 @@ def train_umci(
     folder = run_dir(ws, train_dataset)
     final = folder / "final.pt"
     if final.is_file() and _saved_epoch(final) == epochs:
+        mark_used(folder)
         return TrainResult(final, folder, _read_losses(folder, epochs), epochs, epochs)
 
     data = prepare_training_set(ws, train_dataset, epochs, progress=progress)
@@ -353,6 +355,7 @@ def train_umci(
     }
     reader = _TokenReader(store, data.keys, token_budget_bytes(profile.train))
     write_json_atomic(folder / "run.json", _run_record(profile, train_dataset, data))
+    mark_used(folder)
 
     for epoch in range(done, epochs):
         rows = _train_epoch(profile, umci, optimizer, data, epoch, texts, reader, device, progress)

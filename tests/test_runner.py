@@ -1,6 +1,7 @@
 """clipsam run: order, --from/--only, a failing cell names notebook + cell + error."""
 
 import json
+import time
 
 import nbformat
 import pytest
@@ -29,7 +30,14 @@ def notebooks(tmp_path, monkeypatch):
         _notebook(folder / f"{name}.ipynb",
                   f"open({str(marker)!r}, 'a').write({name!r} + ':' + profile + '\\n')")
     (folder / "helper.ipynb").write_text("{}")  # not numbered: never run
+    # Which runs are recorded as complete (cleanup), kept out of the project's cache.
+    monkeypatch.setattr("clipsam_lib.runner.record_complete_run",
+                        lambda config, started: completed.append((config.name, started)))
+    completed.clear()
     return folder, marker, tmp_path / "results" / "smoke" / "notebooks"
+
+
+completed: list = []
 
 
 def test_runs_numbered_notebooks_in_order_with_the_profile(notebooks):
@@ -44,11 +52,16 @@ def test_runs_numbered_notebooks_in_order_with_the_profile(notebooks):
 
 def test_from_and_only_select_notebooks(notebooks):
     folder, marker, _ = notebooks
+    before = time.time()
+    run_notebooks("smoke", notebooks_dir=folder)
+    assert [name for name, _ in completed] == ["smoke"] and completed[0][1] >= before
+    marker.unlink()
     run_notebooks("smoke", notebooks_dir=folder, start="1")
     assert marker.read_text().split() == ["01_b:smoke", "02_c:smoke"]
     marker.unlink()
     run_notebooks("smoke", notebooks_dir=folder, only="00")
     assert marker.read_text().split() == ["00_a:smoke"]
+    assert len(completed) == 1, "a partial run is not a complete one"
     with pytest.raises(UserError, match="--only 7: no notebook"):
         select_notebooks(numbered_notebooks(folder), only="7")
 
@@ -62,6 +75,7 @@ def test_failing_cell_stops_the_run_and_keeps_the_failed_copy(notebooks):
     assert "01_b.ipynb failed in cell" in message and "bad layout in /data/x" in message
     assert (out / "01_b.ipynb").is_file()
     assert marker.read_text().split() == ["00_a:smoke"], "02 must not run after 01 failed"
+    assert completed == [], "a failed run is not a complete one"
 
 
 def test_cli_reports_failure_in_one_line(notebooks, capsys, monkeypatch):

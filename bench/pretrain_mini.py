@@ -10,20 +10,30 @@ Where they differ it prints the median and the largest relative difference over 
 tensors (the largest alone can be one small bias: on 2026-12-04 the SAM's was 0.91 with a
 median of 0.12); ``--keep DIR`` keeps the weights it wrote, so they can be evaluated
 (``sam.checkpoint: DIR/clipsam-mini-sam.safetensors`` in a profile) instead of trained again.
+``--recipe KEY=VALUE`` trains another recipe (a field of ``ClipRecipe`` / ``SamRecipe``,
+with ``--only``), to be judged with ``bench/draw_spread.py --set clip.pretrained=DIR/...``.
 
     .venv/bin/python bench/pretrain_mini.py [--only clip|sam] [--keep DIR]
+                                            [--recipe KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, recipe_hash
+import yaml
+
+from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, recipe_hash
+from clipsam_lib.mini.clip_pretrain import pretrain_clip
+from clipsam_lib.mini.sam_pretrain import pretrain_sam
 from clipsam_lib.weights import file_sha256
+
+TRAINERS = {"clip": pretrain_clip, "sam": pretrain_sam}
 
 
 def relative_differences(committed: Path, written: Path) -> dict[str, float]:
@@ -40,20 +50,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="clip or sam (default: both)")
     parser.add_argument("--keep", default=None, help="write the weights here and keep them")
+    parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="another value of a recipe field (with --only); repeatable")
     args = parser.parse_args()
     which = (args.only,) if args.only else tuple(RECIPES)
+    if args.recipe and not args.only:
+        parser.error("--recipe changes one recipe: name it with --only clip or --only sam")
+    recipes = dict(RECIPES)
+    for item in args.recipe:
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(recipes[args.only])}:
+            parser.error(f"--recipe {item!r}: write FIELD=VALUE with a field of the "
+                         f"{args.only} recipe (mini/recipes.py)")
+        recipes[args.only] = dataclasses.replace(recipes[args.only], **{key: yaml.safe_load(value)})
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         total = 0.0
         for name in which:
             start = time.perf_counter()
-            written = pretrain_mini((name,), folder, resume=False, progress=False)[name]
+            written = folder / FILES[name]
+            TRAINERS[name](recipes[name], written, folder / ".pretrain", resume=False,
+                           progress=False)
             minutes = (time.perf_counter() - start) / 60
             total += minutes
             committed = WEIGHTS_FOLDER / FILES[name]
             same = committed.is_file() and file_sha256(committed) == file_sha256(written)
-            print(f"mini {name}: recipe {recipe_hash(RECIPES[name])}, {minutes:.1f} min, "
+            print(f"mini {name}: recipe {recipe_hash(recipes[name])}, {minutes:.1f} min, "
                   f"bytes identical to the committed file: {same}")
             if committed.is_file() and not same:
                 diffs = relative_differences(committed, written)

@@ -3,8 +3,9 @@
 
 Feature caches, UMCI runs and map folders are keyed by what determines them, so a
 changed setting (other weights, another resolution, a new UMCI variant) writes a new
-folder and leaves the old one where it was. At the paper's sizes an outdated CLIP cache
-alone is about 120 GiB, and nothing else ever removes it.
+folder and leaves the old one where it was. At the paper's sizes a CLIP cache holds
+about 11 MB an image (~94 GB for the paper profile's test images, README), and nothing
+else ever removes an outdated one.
 
 How a folder is known to be outdated, without re-deriving every key the notebooks use:
 each stage stamps the keyed folder it opens (``mark_used``), and ``clipsam run``, when it
@@ -78,8 +79,7 @@ def record_complete_run(profile: ProfileConfig, started: float) -> None:
     """Note in each root that every notebook of ``profile`` ran, from ``started`` on."""
     results = str(paths.results_dir(profile))
     for root in roots(profile).values():
-        runs = {folder: run for folder, run in _complete_runs(root).items()
-                if Path(folder).is_dir()}  # a gone results folder needs nothing any more
+        runs = _complete_runs(root)
         runs[results] = {"profile": profile.name, "config_hash": profile.hash(),
                          "started": started,
                          "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))}
@@ -87,13 +87,15 @@ def record_complete_run(profile: ProfileConfig, started: float) -> None:
 
 
 def _complete_runs(root: Path) -> dict:
+    """The recorded runs whose results folder is still there: one that is gone (a test's
+    temporary folder) needs nothing any more."""
     file = root / RUNS_FILE
     if not file.is_file():
         return {}
     try:
         runs = json.loads(file.read_text())
         return {results: {**run, "started": float(run["started"])}
-                for results, run in runs.items()}
+                for results, run in runs.items() if Path(results).is_dir()}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{file} is damaged; delete it and run `clipsam run` for each profile "
                         "that uses this folder, which records it again.") from None
@@ -109,9 +111,7 @@ def stale_folders(profile: ProfileConfig) -> tuple[list[StaleFolder], list[str]]
     complete run used; a note for each root without a recorded complete run."""
     stale, notes = [], []
     for kind, root in roots(profile).items():
-        # A results folder that is gone needs nothing any more (a test's temporary one).
-        runs = {results: run for results, run in _complete_runs(root).items()
-                if Path(results).is_dir()}
+        runs = _complete_runs(root)
         if not runs:
             notes.append(f"{root}: no complete run recorded here, so nothing in it is listed "
                          f"(`clipsam run --profile {profile.name}` records one).")
@@ -128,7 +128,12 @@ def stale_folders(profile: ProfileConfig) -> tuple[list[StaleFolder], list[str]]
 def remove(folders: list[StaleFolder]) -> int:
     """Delete the folders; return the bytes freed."""
     for folder in folders:
-        shutil.rmtree(folder.path)
+        try:
+            shutil.rmtree(folder.path)
+        except OSError as err:
+            raise UserError(f"Cannot remove {folder.path} ({err.strerror}); fix its "
+                            "permissions or remove it by hand (the folders listed before it "
+                            "are removed).") from None
     return sum(folder.size_bytes for folder in folders)
 
 

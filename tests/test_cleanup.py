@@ -150,3 +150,19 @@ def test_a_full_disk_points_at_the_outdated_folders(tmp_path, monkeypatch):
     assert len(report.problems) == 2
     assert all(f"`clipsam clean --profile {profile.name} --delete` frees 0.0 GiB" in p
                for p in report.problems)
+
+
+def test_a_folder_that_cannot_be_removed_is_named(tmp_path, monkeypatch):
+    profile = tiny_profile(tmp_path)
+    planted = _plant(profile)
+    cleanup.record_complete_run(profile, time.time())
+    stale, _ = cleanup.stale_folders(profile)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("clipsam_lib.cleanup.shutil.rmtree", refuse)
+    with pytest.raises(UserError, match=f"Cannot remove {stale[0].path} .Permission denied.; "
+                                        "fix its permissions"):
+        cleanup.remove(stale)
+    assert all(folder.is_dir() for folder in planted)

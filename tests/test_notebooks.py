@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from clipsam_lib import cleanup
 from clipsam_lib.config import CONFIG_DIR
 from clipsam_lib.paths import project_root
 from clipsam_lib.runner import numbered_notebooks, run_notebooks
@@ -100,6 +101,19 @@ def test_every_numbered_notebook_ran_without_an_error_output(results):
         errors = [o for c in nb.cells if c.cell_type == "code"
                   for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{name}: {errors[:1]}"
+
+
+def test_the_complete_run_is_recorded_and_used_every_folder_it_keeps(results):
+    """What `clipsam clean` relies on, at the real run's size: the run is recorded as
+    complete, and every UMCI and map folder in its results folder (the miniature tests'
+    UMCIs, trained there first, included) was stamped by a stage of this run."""
+    folder, _ = results
+    runs = json.loads((folder / cleanup.RUNS_FILE).read_text())
+    assert list(runs) == [str(folder)]
+    keyed = cleanup.keyed_folders("results", folder)
+    unused = [f.relative_to(folder).as_posix() for f in keyed
+              if (cleanup.last_used(f) or 0.0) < runs[str(folder)]["started"]]
+    assert len(keyed) > 50 and not unused, unused
 
 
 @pytest.mark.parametrize("stem", [*TABLES, *(f"final_per_category_{d}" for d in PER_CATEGORY)])

@@ -28,12 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, recipe_hash
-from clipsam_lib.mini.clip_pretrain import pretrain_clip
-from clipsam_lib.mini.sam_pretrain import pretrain_sam
+from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, recipe_hash
 from clipsam_lib.weights import file_sha256
-
-TRAINERS = {"clip": pretrain_clip, "sam": pretrain_sam}
 
 
 def relative_differences(committed: Path, written: Path) -> dict[str, float]:
@@ -69,9 +65,8 @@ def main() -> None:
         total = 0.0
         for name in which:
             start = time.perf_counter()
-            written = folder / FILES[name]
-            TRAINERS[name](recipes[name], written, folder / ".pretrain", resume=False,
-                           progress=False)
+            written = pretrain_mini((name,), folder, resume=False, progress=False,
+                                    recipes=recipes)[name]
             minutes = (time.perf_counter() - start) / 60
             total += minutes
             committed = WEIGHTS_FOLDER / FILES[name]

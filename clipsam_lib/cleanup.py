@@ -28,7 +28,7 @@ from pathlib import Path
 from clipsam_lib import paths
 from clipsam_lib.config import ProfileConfig
 from clipsam_lib.errors import UserError
-from clipsam_lib.io_utils import write_json_atomic
+from clipsam_lib.io_utils import folder_bytes, write_json_atomic
 
 STAMP = ".last_used"
 # In each root: results folder -> the latest complete run that wrote there. A cache is
@@ -121,7 +121,7 @@ def stale_folders(profile: ProfileConfig) -> tuple[list[StaleFolder], list[str]]
         for folder in keyed_folders(kind, root):
             used = last_used(folder)
             if used is None or used < since:
-                stale.append(StaleFolder(folder, used, _size(folder)))
+                stale.append(StaleFolder(folder, used, folder_bytes(folder)))
     return stale, notes
 
 
@@ -136,6 +136,3 @@ def remove(folders: list[StaleFolder]) -> int:
                             "are removed).") from None
     return sum(folder.size_bytes for folder in folders)
 
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

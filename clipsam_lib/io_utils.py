@@ -106,6 +106,13 @@ def remove_stale_staging(root: str | Path, min_age_s: float = 600.0) -> list[str
     return removed
 
 
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() \
+        else 0
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -33,6 +33,7 @@ import torch
 
 from clipsam_lib import paths
 from clipsam_lib.features import FeatureCache
+from clipsam_lib.io_utils import folder_bytes
 from clipsam_lib.modeling import BACKBONE_BUILDS
 from clipsam_lib.workspace import Workspace
 
@@ -71,7 +72,7 @@ class _Meter:
         self.process = psutil.Process()
 
     def __enter__(self) -> Self:
-        self.start_disk = sum(_folder_bytes(f) for f in self.folders)
+        self.start_disk = sum(folder_bytes(f) for f in self.folders)
         self.start_builds = dict(BACKBONE_BUILDS)
         self.start_read = FeatureCache.bytes_read
         self.peak = self.process.memory_info().rss
@@ -93,15 +94,10 @@ class _Meter:
         self._sampler.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
         self.gpu_peak = torch.cuda.max_memory_allocated(self.gpu) if self.gpu is not None else 0
-        self.disk = sum(_folder_bytes(f) for f in self.folders) - self.start_disk
+        self.disk = sum(folder_bytes(f) for f in self.folders) - self.start_disk
         self.builds = {k: BACKBONE_BUILDS[k] - self.start_builds.get(k, 0)
                        for k in ("clip", "sam")}
         self.read = FeatureCache.bytes_read - self.start_read
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() \
-        else 0
 
 
 def _paper_images(ws: Workspace, datasets: list[str]) -> int:

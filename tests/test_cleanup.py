@@ -98,8 +98,8 @@ def test_a_shared_cache_keeps_what_any_results_folder_used(used, tmp_path):
         assert not _stale(profile) & set(clip) - planted  # the first run's start still counts
         gone = tmp_path / "gone"
         runs = json.loads((cache / cleanup.RUNS_FILE).read_text())
-        (cache / cleanup.RUNS_FILE).write_text(json.dumps(
-            {str(gone): {**run, "started": 0.0} for run in runs.values()} | runs))
+        oldest = {**next(iter(runs.values())), "started": 0.0}
+        (cache / cleanup.RUNS_FILE).write_text(json.dumps({str(gone): oldest, **runs}))
         assert _stale(profile) == planted  # the gone folder's old run is not the oldest
     finally:
         (cache / cleanup.RUNS_FILE).write_text(json.dumps(first))

@@ -20,8 +20,9 @@ __all__ = ["FILES", "RECIPES", "WEIGHTS_FOLDER", "pretrain_mini", "recipe_hash"]
 
 def pretrain_mini(which: tuple[str, ...] = ("clip", "sam"), out_folder: Path = WEIGHTS_FOLDER,
                   work_folder: Path | None = None, *, resume: bool = True,
-                  progress: bool = True) -> dict[str, Path]:
-    """Train the named mini backbones with their recipes; returns the files written.
+                  progress: bool = True, recipes: dict | None = None) -> dict[str, Path]:
+    """Train the named mini backbones with their recipes (``recipes``, default the
+    committed ``RECIPES``; bench/pretrain_mini.py passes others); returns the files written.
 
     The training state is kept in ``work_folder`` (default ``<out_folder>/.pretrain``)
     every few steps, so an interrupted run continues where it stopped.
@@ -29,7 +30,8 @@ def pretrain_mini(which: tuple[str, ...] = ("clip", "sam"), out_folder: Path = W
     from clipsam_lib.mini.clip_pretrain import pretrain_clip
     from clipsam_lib.mini.sam_pretrain import pretrain_sam
 
-    unknown = set(which) - set(RECIPES)
+    recipes = recipes or RECIPES
+    unknown = set(which) - set(recipes)
     if unknown:
         raise ValueError(f"pretrain-mini knows {sorted(RECIPES)}, not {sorted(unknown)}.")
     work_folder = work_folder or Path(out_folder) / ".pretrain"
@@ -37,6 +39,6 @@ def pretrain_mini(which: tuple[str, ...] = ("clip", "sam"), out_folder: Path = W
     written = {}
     for name in which:
         path = Path(out_folder) / FILES[name]
-        trainers[name](RECIPES[name], path, work_folder, resume=resume, progress=progress)
+        trainers[name](recipes[name], path, work_folder, resume=resume, progress=progress)
         written[name] = path
     return written

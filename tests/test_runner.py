@@ -85,3 +85,27 @@ def test_cli_reports_failure_in_one_line(notebooks, capsys, monkeypatch):
     assert cli.main(["run", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "ZeroDivisionError" in err and "00_a.ipynb" in err
+
+
+def _parameter_names(cell_source: str) -> set[str]:
+    import ast
+
+    return {target.id for node in ast.parse(cell_source).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
+def test_papermill_reads_every_parameter_of_every_project_notebook():
+    # papermill reads a notebook's parameters cell line by line before it runs it; a line
+    # it cannot read (two "=" on it, one in the comment) prints "Unable to parse line" in
+    # every run and drops that parameter from ``papermill --help-notebook``.
+    import papermill
+
+    from clipsam_lib.paths import project_root
+
+    for notebook in numbered_notebooks(project_root() / "notebooks"):
+        cell = next(c for c in nbformat.read(notebook, as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        read = set(papermill.inspect_notebook(str(notebook)))
+        assert read == _parameter_names(cell.source), (
+            f"{notebook.name}: papermill cannot read the parameters "
+            f"{sorted(_parameter_names(cell.source) - read)}: keep '=' out of their comments")

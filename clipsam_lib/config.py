@@ -57,6 +57,20 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "datasets.split": ("test", "train"),
 }
 # Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive).
+# Fields added after results were committed, with the value at which they compute what the
+# code did before them: at that value they are left out of the hashes (ProfileConfig.hash,
+# train.run_key), so those results, caches and UMCI runs keep their keys.
+HASH_OMITTED_AT: dict[str, Any] = {"train.focal_smooth": 0.0}
+
+
+def hashed_fields(section: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of ``section`` without those at their ``HASH_OMITTED_AT`` value."""
+    omitted = {key.split(".", 1)[1]: value for key, value in HASH_OMITTED_AT.items()
+               if key.startswith(section + ".")}
+    return {name: value for name, value in fields.items()
+            if not (name in omitted and value == omitted[name])}
+
+
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "clip.image_size": (1, float("inf"), True, True),
     "umci.hidden_dim": (1, float("inf"), True, True),
@@ -72,6 +86,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.batch_size": (1, float("inf"), True, True),
     "train.mosaic_rate": (0, 1, True, True),
     "train.focal_gamma": (0, float("inf"), True, True),
+    "train.focal_smooth": (0, 1, True, False),
     "train.max_images_per_class": (1, float("inf"), True, True),
     "train.token_memory_gb": (0, float("inf"), True, True),
     "eval.sigma": (0, float("inf"), True, True),
@@ -192,6 +207,10 @@ class TrainConfig:
     mosaic_rate: float = 0.2
     mosaic_layouts: tuple[str, ...] = ("mvtec",)  # mosaic only when training on these
     focal_gamma: float = 2.0
+    # APRIL-GAN's focal loss smooths its one-hot target and adds this to p_t before the log
+    # (its FocalLoss, smooth 1e-5), which bounds what a confidently wrong pixel costs and stops
+    # its gradient. 0: the exact log-probability (train.focal_loss).
+    focal_smooth: float = 1e-5
     max_images_per_class: int | None = None  # subset for fast profiles
     # Seed variance: train (and evaluate) once per seed; tables report the mean and the
     # standard deviation over seeds, the per-seed rows stay in the *_per_seed / long CSVs.
@@ -308,7 +327,10 @@ class ProfileConfig:
 
     def hash(self) -> str:
         """Short, stable hash of every field (provenance and cache keys)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        data = self.to_dict()
+        for section in {key.split(".")[0] for key in HASH_OMITTED_AT}:
+            data[section] = hashed_fields(section, data[section])
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **overrides: Any) -> ProfileConfig:
@@ -445,7 +467,8 @@ def _check_fields(obj: Any, cls: type, key_prefix: str, shown_prefix: str | None
         key, shown = key_prefix + f.name, (shown_prefix or key_prefix) + f.name
         value = getattr(obj, f.name)
         if not _type_ok(value, hints[f.name]):
-            problems.append(f"{shown} = {value!r} must be {_describe(hints[f.name])}.")
+            problems.append(f"{shown} = {value!r} must be {_describe(hints[f.name])}"
+                            f"{_yaml_exponent_hint(value)}.")
         elif key in CHOICES and value not in CHOICES[key] and not _numbered_cuda(key, value):
             allowed = ", ".join(repr(c) for c in CHOICES[key])
             problems.append(f"{shown} = {value!r} must be one of {allowed}.")
@@ -534,6 +557,14 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, dict) and all(
             _type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items())
     return True
+
+
+def _yaml_exponent_hint(value: Any) -> str:
+    """YAML reads ``1e-5`` (no dot) as text: say how to write it as a number."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
+        mantissa, exponent = re.split("[eE]", value.strip())
+        return f" (YAML reads {value} as text; write {mantissa}.0e{exponent})"
+    return ""
 
 
 def _describe(hint: Any) -> str:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from clipsam_lib import paths
 from clipsam_lib.cleanup import mark_used
-from clipsam_lib.config import EvalConfig, ProfileConfig, UMCIConfig
+from clipsam_lib.config import EvalConfig, ProfileConfig, UMCIConfig, hashed_fields
 from clipsam_lib.features import (
     ClipFeatureStore,
     cache_clip_images,
@@ -61,14 +61,25 @@ PLAN_VERSION = 1  # bump when the plan or mosaic construction changes
 
 
 # -- losses --------------------------------------------------------------------------------
-def focal_loss(log_probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+def focal_loss(
+    log_probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 0.0
+) -> torch.Tensor:
     """Mean focal loss: 2-class log-probabilities ``[B, 2, S, S]``, 0/1 target ``[B, S, S]``.
 
-    Taking log-probabilities (log-softmax of the logits) keeps the gradient alive where
-    the softmax saturates, which a clamp on probabilities would cut off.
+    ``smooth`` 0: the true class's exact log-probability, which keeps the gradient alive
+    where the softmax saturates. ``smooth`` > 0: APRIL-GAN's (its ``FocalLoss``, smooth
+    1e-5; method.md section 5 does not list it): the one-hot target clamped to
+    [smooth / (C - 1), 1 - smooth] and ``smooth`` added to p_t before its log, so a
+    confidently wrong pixel costs at most about -log(smooth) (11.5 at 1e-5) and passes
+    almost no gradient (``train.focal_smooth``, docs/switches.md).
     """
     log_p_true = log_probs.gather(1, target.long()[:, None]).squeeze(1)
-    return (-((1 - log_p_true.exp()) ** gamma) * log_p_true).mean()
+    if smooth == 0:
+        return (-((1 - log_p_true.exp()) ** gamma) * log_p_true).mean()
+    p_true = log_p_true.exp()
+    p_other = 1 - p_true  # the other classes' probabilities, summed
+    p_t = (1 - smooth) * p_true + smooth / (log_probs.shape[1] - 1) * p_other + smooth
+    return (-((1 - p_t) ** gamma) * p_t.log()).mean()
 
 
 def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -83,18 +94,19 @@ def umci_loss(
     target: torch.Tensor,
     gamma: float = 2.0,
     align_corners: bool = True,
+    smooth: float = 0.0,
 ) -> tuple[torch.Tensor, float, float]:
     """Sum over stages of focal + dice on the maps at the target's size.
 
     ``stage_logits`` are UMCI's per-stage ``[B, 2, g, g]`` logits; they are upsampled
-    exactly as in UMCI's maps (``umci.align_corners``) and softmaxed here. Returns the loss
-    and its two parts.
+    exactly as in UMCI's maps (``umci.align_corners``) and softmaxed here; ``smooth`` is
+    the focal term's (``focal_loss``). Returns the loss and its two parts.
     """
     focal = dice = 0
     for logits in stage_logits:
         upsampled = upsample_logits(logits, tuple(target.shape[-2:]), align_corners)
         log_probs = upsampled.log_softmax(dim=1)
-        focal = focal + focal_loss(log_probs, target, gamma)
+        focal = focal + focal_loss(log_probs, target, gamma, smooth)
         dice = dice + dice_loss(log_probs[:, 1].exp(), target)
     return focal + dice, focal.item(), dice.item()
 
@@ -300,7 +312,7 @@ def run_key(workspace: Workspace | ProfileConfig, train_dataset: str) -> str:
     """Hash of everything that changes the weights (the epoch count excepted)."""
     ws = as_workspace(workspace)
     profile = ws.profile
-    train_cfg = dataclasses.asdict(profile.train)
+    train_cfg = hashed_fields("train", dataclasses.asdict(profile.train))
     for not_weights in ("epochs", "token_memory_gb", "seeds", "eval_epochs"):
         train_cfg.pop(not_weights)
     recs = ws.train_records(train_dataset)
@@ -382,7 +394,8 @@ def _train_epoch(
         target = data.target(items).to(device)
         out = umci(tokens, text)  # maps on the patch grid; the loss upsamples the logits
         loss, focal, dice = umci_loss(
-            out.stage_logits, target, profile.train.focal_gamma, profile.umci.align_corners
+            out.stage_logits, target, profile.train.focal_gamma, profile.umci.align_corners,
+            profile.train.focal_smooth,
         )
         optimizer.zero_grad()
         loss.backward()

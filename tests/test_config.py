@@ -1,8 +1,16 @@
 """Profiles as data: loading, overrides, hashing, clear errors."""
 
+import json
+
 import pytest
 
-from clipsam_lib.config import ConfigError, ProfileConfig, available_profiles, load_profile
+from clipsam_lib.config import (
+    ConfigError,
+    ProfileConfig,
+    available_profiles,
+    hashed_fields,
+    load_profile,
+)
 
 
 def test_shipped_profiles_load():
@@ -27,6 +35,7 @@ def test_paper_profile_matches_method_spec():
     assert paper.train.batch_size == 8 and paper.train.seed == 111
     assert paper.umci.kernels == (2, 4) and paper.umci.hidden_dim == 768
     assert paper.mmr.threshold == 0.5 and paper.mmr.prompt_mode == "point+box"
+    assert paper.train.focal_smooth == 1e-5  # APRIL-GAN's focal loss
 
 
 def test_smoke_profile_uses_the_mini_backbones_and_no_region_caps():
@@ -46,6 +55,29 @@ def test_dotted_overrides_change_only_that_field_and_the_hash():
     assert changed.hash() != base.hash()
     assert base.replace().hash() == base.hash()
     assert isinstance(changed.umci.kernels, tuple)
+
+
+def test_a_later_field_at_its_earlier_behaviour_leaves_the_hashes_as_they_were():
+    """``train.focal_smooth`` 0 computes what the loss did before the field existed: the
+    smoke profile (which sets it) keeps the hash its committed results name, and so do
+    its UMCI runs; any other value changes both."""
+    smoke = load_profile("smoke")
+    assert smoke.train.focal_smooth == 0.0
+    assert smoke.hash() == "d6b96bf54d6b"  # results/smoke's config_hash (2026-12-04)
+    assert smoke.replace(**{"train.focal_smooth": 1e-5}).hash() != smoke.hash()
+    assert smoke.replace(**{"train.focal_smooth": 0.0}).hash() == smoke.hash()
+
+
+def test_a_umci_run_key_leaves_out_a_later_field_at_its_earlier_behaviour(tmp_path):
+    from synthetic_defects import tiny_profile
+
+    from clipsam_lib.train import run_key
+
+    exact = tiny_profile(tmp_path, **{"train.focal_smooth": 0.0})
+    keys = {smooth: run_key(exact.replace(**{"train.focal_smooth": smooth}), "src")
+            for smooth in (0.0, 1e-5, 1e-3)}
+    assert len(set(keys.values())) == 3
+    assert "focal_smooth" not in json.dumps(hashed_fields("train", exact.to_dict()["train"]))
 
 
 def test_unknown_override_and_profile_raise_clear_errors():
@@ -71,7 +103,9 @@ def test_round_trip_through_dict():
     ("umci.hidden_dim", 100, "not divisible by umci.heads = 8"),
     ("umci.enabled", "no", "umci.enabled = 'no' must be true or false"),
     ("mmr.fusion", "D", "mmr.fusion = 'D' must be one of 'A', 'B', 'C'"),
-    ("train.lr", "1e-3", "train.lr = '1e-3' must be a number"),
+    ("train.lr", "1e-3", ("train.lr = '1e-3' must be a number (YAML reads 1e-3 as text; "
+                          "write 1.0e-3)")),
+    ("train.lr", "fast", "train.lr = 'fast' must be a number."),
     ("train.batch_size", 2.5, "train.batch_size = 2.5 must be an integer"),
     ("eval.protocol", "loco", "eval.protocol = 'loco' must be one of 'peer', 'mvtec'"),
     ("clip.activation", "swish", "clip.activation = 'swish' must be one of"),
@@ -114,3 +148,12 @@ def test_yaml_syntax_and_structure_errors_name_the_file(tmp_path):
                            "datasets:\n  - {name: synth_mvtec, layout: mvtec, root: x}\n")
     with pytest.raises(ConfigError, match="directions\\[0\\].train names dataset 'nowhere'"):
         load_profile(unknown_set)
+
+
+def test_a_yaml_exponent_without_a_dot_is_text_and_the_error_says_how_to_write_it(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  focal_smooth: 1e-5\n")  # YAML 1.1: a string
+    with pytest.raises(ConfigError, match=r"write 1\.0e-5"):
+        load_profile(path)
+    path.write_text("train:\n  focal_smooth: 1.0e-5\n")
+    assert load_profile(path).train.focal_smooth == 1e-5

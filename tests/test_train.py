@@ -59,6 +59,35 @@ def test_focal_loss_keeps_a_gradient_where_the_softmax_saturates():
     assert logits.grad[0, 1].item() < -0.5  # pushes the anomalous logit up
 
 
+def test_aprilgans_smoothed_focal_loss_by_hand():
+    # Two classes, smooth s: the one-hot target becomes (s, 1 - s) and p_t gains s, so
+    # p_t = (1 - s) p_true + s (1 - p_true) + s.
+    s = 0.1  # large enough to move every term visibly
+    probs = torch.tensor([0.9, 0.2, 0.6, 0.5]).view(1, 1, 2, 2)
+    two_class = torch.cat([1 - probs, probs], dim=1)
+    target = torch.tensor([[1, 0], [1, 0]]).view(1, 2, 2)
+    p_true = np.array([0.9, 0.8, 0.6, 0.5])
+    p_t = (1 - s) * p_true + s * (1 - p_true) + s
+    expected = np.mean(-((1 - p_t) ** 2) * np.log(p_t))
+    assert train.focal_loss(two_class.log(), target, 2.0, smooth=s).item() == pytest.approx(
+        expected, rel=1e-5)
+    assert train.focal_loss(two_class.log(), target, 2.0, smooth=0.0).item() != pytest.approx(
+        expected, rel=1e-2)
+
+
+def test_aprilgans_smoothing_bounds_a_confidently_wrong_pixel():
+    # logits 100 apart (100 x cos, as UMCI's): p_true = e^-100 for an anomalous pixel
+    logits = torch.tensor([[[[50.0]], [[-50.0]]]], requires_grad=True)
+    target = torch.ones(1, 1, 1)
+    exact = train.focal_loss(logits.log_softmax(1), target, 2.0, smooth=0.0)
+    smoothed = train.focal_loss(logits.log_softmax(1), target, 2.0, smooth=1e-5)
+    assert exact.item() == pytest.approx(100.0, rel=1e-4)  # -log(e^-100)
+    p_t = 2e-5  # (1 - s) e^-100 + s (1 - e^-100) + s
+    assert smoothed.item() == pytest.approx(-((1 - p_t) ** 2) * np.log(p_t), rel=1e-4)
+    smoothed.backward()
+    assert abs(logits.grad).max().item() < 1e-30  # no push from a saturated pixel
+
+
 def test_same_seed_gives_identical_weights_after_one_epoch(tmp_path):
     first = tiny_profile(tmp_path, **{"train.epochs": {"mvtec": 1, "visa": 1}})
     second = first.replace(results_dir=str(tmp_path / "results_again"))

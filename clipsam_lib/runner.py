@@ -9,6 +9,7 @@ other's results files and the caches, so nothing finished is recomputed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -74,10 +75,36 @@ def _describe_failure(err: Exception, notebook: Path, output: Path) -> str:
     )
 
 
+@functools.cache
+def curve_kernel_manager() -> type | None:
+    """A kernel manager that encrypts the kernel's sockets (CurveZMQ) where it can.
+
+    ipykernel 7.4 prints "Kernel is running over TCP without encryption" in every run
+    unless its manager provisions Curve keys, which jupyter_client's default policy does
+    not ('disabled'). None (papermill's default manager) with a jupyter_client that has
+    no such policy or a pyzmq built without Curve.
+    """
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    if ("transport_encryption" not in AsyncKernelManager.class_trait_names()
+            or not zmq.has("curve")):
+        return None
+
+    class CurveKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _encrypt_where_the_kernel_can(self) -> str:
+            return "auto"  # only when the kernelspec says it supports Curve
+
+    return CurveKernelManager
+
+
 def run_notebook(notebook: Path, output: Path, parameters: dict) -> float:
     """Execute one notebook headless; return its wall time in seconds."""
     import papermill
 
+    manager = curve_kernel_manager()
     started = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -87,6 +114,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict) -> float:
             cwd=str(notebook.parent),
             kernel_name="python3",
             progress_bar=False,
+            **({"kernel_manager_class": manager} if manager else {}),
         )
     except papermill.PapermillExecutionError as err:
         raise NotebookFailed(_describe_failure(err, notebook, output)) from err

@@ -50,6 +50,16 @@ def test_runs_numbered_notebooks_in_order_with_the_profile(notebooks):
     assert [n["name"] for n in log["notebooks"]] == [r.name for r in runs]
 
 
+def test_a_run_prints_no_kernel_transport_warning(notebooks, capfd):
+    # ipykernel 7.4 warns on every kernel start unless the manager provisions CurveZMQ keys
+    # (runner.curve_kernel_manager); in a run of six notebooks that is six such lines.
+    folder, marker, _ = notebooks
+    run_notebooks("smoke", notebooks_dir=folder, only="01")
+    assert marker.read_text().split() == ["01_b:smoke"]
+    printed = capfd.readouterr()
+    assert "without encryption" not in printed.out + printed.err
+
+
 def test_from_and_only_select_notebooks(notebooks):
     folder, marker, _ = notebooks
     before = time.time()

@@ -56,7 +56,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "datasets.layout": ("mvtec", "visa", "mtd", "ksdd2", "folder"),
     "datasets.split": ("test", "train"),
 }
-# Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive).
 # Fields added after results were committed, with the value at which they compute what the
 # code did before them: at that value they are left out of the hashes (ProfileConfig.hash,
 # train.run_key), so those results, caches and UMCI runs keep their keys.
@@ -71,6 +70,7 @@ def hashed_fields(section: str, fields: dict[str, Any]) -> dict[str, Any]:
             if not (name in omitted and value == omitted[name])}
 
 
+# Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive).
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "clip.image_size": (1, float("inf"), True, True),
     "umci.hidden_dim": (1, float("inf"), True, True),

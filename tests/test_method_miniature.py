@@ -348,6 +348,7 @@ def test_the_check_over_draws_fails_where_mmr_does_not_help():
 def test_the_check_over_draws_fails_where_umci_falls_below_the_baseline():
     rows = _draw_rows({0: 0.03, 1: 0.03, 2: 0.03, 3: 0.03})
     check_over_draws(comparison_counts(rows))
+
     def sunk(draws_below, level):  # +UMCI's pixel AUROC at ``level`` on those draws
         return comparison_counts([
             {**row, "pixel_auroc": level} if row["variant"] == "+UMCI"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,43 @@ def test_corpus_items_are_a_pure_function_of_their_arguments():
     assert np.array_equal(a.image, b.image) and a.name == b.name
     assert all(np.array_equal(x, y) for x, y in zip(a.regions, b.regions))
     assert not np.array_equal(a.image, c.image) or a.name != c.name
+
+
+def test_ordered_map_keeps_the_order_and_stops_early_without_running_on():
+    made = []
+
+    def make(index):
+        made.append(index)
+        return index * index
+
+    assert list(corpus.ordered_map(make, range(100), workers=3)) == [i * i for i in range(100)]
+    assert list(corpus.ordered_map(make, range(7), workers=1)) == [i * i for i in range(7)]
+    made.clear()
+    entries = corpus.ordered_map(make, itertools.count(), workers=2)
+    assert [next(entries) for _ in range(5)] == [0, 1, 4, 9, 16]
+    entries.close()  # as the SAM corpus does once it has enough pictures
+    # An endless index stream: only the chunks handed out ahead were made.
+    assert len(made) <= (2 * 2 + 1) * corpus.CHUNK
+
+
+@pytest.mark.parametrize("which", ["clip", "sam"])
+def test_a_corpus_made_on_several_threads_equals_one_made_on_one(which, monkeypatch):
+    from clipsam_lib.mini.clip_pretrain import build_corpus
+    from clipsam_lib.mini.sam_pretrain import SamCorpus
+
+    recipe = dataclasses.replace(RECIPES[which], corpus_size=2 * corpus.CHUNK + 5)
+
+    def make(workers):
+        monkeypatch.setattr(corpus, "worker_count", lambda: workers)
+        if which == "clip":
+            pixels, patches, labels = build_corpus(recipe, progress=False)
+            return [pixels.numpy(), patches.numpy()], labels
+        data = SamCorpus(recipe, 384, progress=False)
+        return data.images + [m for masks in data.regions for m in masks], len(data)
+
+    (arrays_one, extra_one), (arrays_two, extra_two) = make(1), make(2)
+    assert extra_one == extra_two and len(arrays_one) == len(arrays_two)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays_one, arrays_two))
 
 
 def test_defective_items_have_regions_inside_the_picture_and_normal_ones_none():

@@ -33,6 +33,7 @@ Pictures are preprocessed exactly as
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,14 @@ def defect_patches(mask: np.ndarray) -> np.ndarray:
     return patches
 
 
+def corpus_entry(seed: int, defect_rate: float, index: int):
+    """Corpus picture ``index`` at the model's size, its defect patches, (name, anomalous)."""
+    item = corpus.make_item(seed, "clip", index, defect_rate=defect_rate)
+    pixels = np.asarray(Image.fromarray(item.image).resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                           Image.BICUBIC))
+    return pixels, defect_patches(item.defect_mask()).ravel(), (item.name, item.anomalous)
+
+
 def build_corpus(recipe: ClipRecipe, progress: bool = True):
     """The corpus pictures at the model's size (uint8 ``[N, 3, S, S]``), their defect
     patches (bool ``[N, g*g]``) and (name, anomalous) per picture."""
@@ -71,12 +80,13 @@ def build_corpus(recipe: ClipRecipe, progress: bool = True):
     pixels = np.empty((recipe.corpus_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     patches = np.zeros((recipe.corpus_size, grid * grid), bool)
     labels = []
-    for i in tqdm(range(recipe.corpus_size), desc="mini CLIP corpus", disable=not progress):
-        item = corpus.make_item(recipe.seed, "clip", i, defect_rate=recipe.defect_rate)
-        pixels[i] = np.asarray(Image.fromarray(item.image).resize((IMAGE_SIZE, IMAGE_SIZE),
-                                                                   Image.BICUBIC))
-        patches[i] = defect_patches(item.defect_mask()).ravel()
-        labels.append((item.name, item.anomalous))
+    entries = corpus.ordered_map(partial(corpus_entry, recipe.seed, recipe.defect_rate),
+                                 range(recipe.corpus_size), corpus.worker_count())
+    for i, (picture, defect, label) in enumerate(
+            tqdm(entries, total=recipe.corpus_size, desc="mini CLIP corpus",
+                 disable=not progress)):
+        pixels[i], patches[i] = picture, defect
+        labels.append(label)
     return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.from_numpy(patches), labels
 
 

@@ -25,8 +25,14 @@ box IoU of 0.375 / 0.316 (from 0.492 / 0.357; its final loss 0.77 against 0.52 i
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import islice
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -66,6 +72,8 @@ FORBIDDEN_NAMES = {
 }
 
 DEFECT_TYPES = tuple(synthetic.DEFECTS)
+CHUNK = 16  # pictures per task a worker thread is handed
+T = TypeVar("T")
 _LETTERS = "bcdfghklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -238,3 +246,46 @@ def make_item(seed: int, role: str, index: int, *, defect_rate: float = 0.5,
     shown = pseudo_word(rng) if rng.random() < word_rate else name
     return CorpusItem(image=_as_rgb(picture), name=shown, anomalous=anomalous,
                       regions=regions)
+
+
+# -- making a corpus on several cores -------------------------------------------------------
+def worker_count() -> int:
+    """The cores this process may use: corpus pictures are made on all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _run_chunk(make: Callable[[int], T], indices: list[int]) -> list[T]:
+    return [make(index) for index in indices]
+
+
+def ordered_map(make: Callable[[int], T], indices: Iterable[int], workers: int) -> Iterator[T]:
+    """``make(index)`` for each index, in order, on ``workers`` threads.
+
+    Every corpus item is a pure function of its index, so the pictures are the same
+    whatever the number of workers; only the time changes. Threads, not processes: the
+    work is numpy, scipy, OpenCV and PIL, which let go of the GIL for most of it (1.75x
+    on 2 cores of an AMD EPYC), and threads need no picklable task, no ``__main__``
+    guard in the caller's script and no fork of a process that runs torch. Chunks are
+    handed out a few ahead of the one being read, so a caller that stops early (the SAM
+    corpus skips pictures without regions until it has enough) wastes at most those.
+    """
+    indices = iter(indices)
+    chunks = iter(lambda: list(islice(indices, CHUNK)), [])
+    if workers < 2:
+        for chunk in chunks:
+            yield from _run_chunk(make, chunk)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="corpus") as pool:
+        pending = deque(pool.submit(_run_chunk, make, chunk)
+                        for chunk in islice(chunks, 2 * workers))
+        try:
+            while pending:
+                done = pending.popleft().result()
+                pending.extend(pool.submit(_run_chunk, make, chunk)
+                               for chunk in islice(chunks, 1))
+                yield from done
+        finally:
+            for future in pending:
+                future.cancel()

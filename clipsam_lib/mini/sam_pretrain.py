@@ -21,6 +21,9 @@ Pictures go through SAM's own transforms (``ResizeLongestSide``, ``Sam.preproces
 
 from __future__ import annotations
 
+import itertools
+from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -41,31 +44,41 @@ from clipsam_lib.modeling.sam_backbone import build_sam_mini
 PROMPT_KINDS = ("box", "point", "point+box")
 
 
+def corpus_entry(seed: int, defect_rate: float, image_size: int, index: int):
+    """Corpus picture ``index`` in SAM's resized frame and its region masks, or None
+    where it has no region."""
+    item = corpus.make_item(seed, "sam", index, shapes=True, defect_rate=defect_rate)
+    if not item.regions:
+        return None
+    image = ResizeLongestSide(image_size).apply_image(item.image)
+    size = (image.shape[1], image.shape[0])
+    masks = [cv2.resize(r.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+             for r in item.regions]
+    masks = [m for m in masks if m.any()]
+    return (image, masks) if masks else None
+
+
 class SamCorpus:
     """Pictures in SAM's resized frame (unpadded uint8) with their region masks."""
 
     def __init__(self, recipe: SamRecipe, image_size: int, progress: bool = True):
         self.image_size = image_size
-        transform = ResizeLongestSide(image_size)
         self.images: list[np.ndarray] = []
         self.regions: list[list[np.ndarray]] = []
-        index = 0
-        with tqdm(total=recipe.corpus_size, desc="mini SAM corpus", disable=not progress) as bar:
-            while len(self.images) < recipe.corpus_size:
-                item = corpus.make_item(recipe.seed, "sam", index, shapes=True,
-                                        defect_rate=recipe.defect_rate)
-                index += 1
-                if not item.regions:
-                    continue  # a picture with nothing to segment teaches nothing here
-                image = transform.apply_image(item.image)
-                size = (image.shape[1], image.shape[0])
-                masks = [cv2.resize(r.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-                         .astype(bool) for r in item.regions]
-                masks = [m for m in masks if m.any()]
-                if masks:
-                    self.images.append(image)
-                    self.regions.append(masks)
-                    bar.update(1)
+        # Pictures with nothing to segment teach nothing here: skipped until there are
+        # enough, so the indices run on past corpus_size.
+        make = partial(corpus_entry, recipe.seed, recipe.defect_rate, image_size)
+        entries = corpus.ordered_map(make, itertools.count(), corpus.worker_count())
+        with closing(entries), tqdm(total=recipe.corpus_size, desc="mini SAM corpus",
+                                    disable=not progress) as bar:
+            for entry in entries:
+                if entry is None:
+                    continue
+                self.images.append(entry[0])
+                self.regions.append(entry[1])
+                bar.update(1)
+                if len(self.images) == recipe.corpus_size:
+                    break
 
     def __len__(self) -> int:
         return len(self.images)

@@ -125,6 +125,20 @@ def stale_folders(profile: ProfileConfig) -> tuple[list[StaleFolder], list[str]]
     return stale, notes
 
 
+def compile_cache(profile: ProfileConfig) -> StaleFolder | None:
+    """TorchInductor's compiled kernels (``paths.compile_cache_dir``), if any.
+
+    Not keyed by anything the project decides (torch names its own entries), so no stamp
+    can say which a run used; but it is only a cache: a compiled backbone writes what it
+    needs again on its next first call (about a minute). Removed only when asked by name
+    (``clipsam clean --delete --compiled``), never while a run that compiles may be reading it.
+    """
+    folder = paths.compile_cache_dir(profile)
+    if not folder.is_dir():
+        return None
+    return StaleFolder(folder, last_used(folder), folder_bytes(folder))
+
+
 def remove(folders: list[StaleFolder]) -> int:
     """Delete the folders; return the bytes freed."""
     for folder in folders:

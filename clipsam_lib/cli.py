@@ -88,18 +88,24 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_clean(args: argparse.Namespace) -> None:
-    from clipsam_lib.cleanup import remove, stale_folders
+    from clipsam_lib.cleanup import compile_cache, remove, stale_folders
     from clipsam_lib.config import load_profile
 
-    stale, notes = stale_folders(load_profile(args.profile))
+    profile = load_profile(args.profile)
+    stale, notes = stale_folders(profile)
     for line in [*notes, *(folder.line() for folder in stale)]:
         print(line)
+    compiled = compile_cache(profile)
+    if compiled is not None:
+        print(f"{compiled.path} ({compiled.size_bytes / 2**30:.2f} GiB): TorchInductor's "
+              "compiled kernels, rebuilt on demand; `--delete --compiled` removes them too")
     total = sum(folder.size_bytes for folder in stale) / 2**30
     if not args.delete:
         print(f"{len(stale)} folder(s), {total:.2f} GiB, unused by the latest complete run"
               + (": `--delete` removes them" if stale else ""))
         return
-    print(f"removed {len(stale)} folder(s), {remove(stale) / 2**30:.2f} GiB")
+    removing = [*stale, compiled] if args.compiled and compiled is not None else stale
+    print(f"removed {len(removing)} folder(s), {remove(removing) / 2**30:.2f} GiB")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "latest complete run did not use")
     p.add_argument("--profile", default="smoke")
     p.add_argument("--delete", action="store_true", help="remove them (default: only list)")
+    p.add_argument("--compiled", action="store_true",
+                   help="with them, TorchInductor's compiled-kernel cache (rebuilt on demand)")
     p.set_defaults(func=_cmd_clean)
 
     p = sub.add_parser("run", help="execute the numbered notebooks through papermill")

@@ -166,3 +166,25 @@ def test_a_folder_that_cannot_be_removed_is_named(tmp_path, monkeypatch):
                                         "fix its permissions"):
         cleanup.remove(stale)
     assert all(folder.is_dir() for folder in planted)
+
+
+def test_the_compiled_kernel_cache_is_listed_and_removed_only_when_named(
+        tmp_path, monkeypatch, capsys):
+    profile = tiny_profile(tmp_path)
+    planted = _plant(profile)
+    cleanup.record_complete_run(profile, time.time())
+    kernels = paths.compile_cache_dir(profile) / "fxgraph" / "ab"
+    kernels.mkdir(parents=True)
+    (kernels / "entry").write_bytes(b"x" * 4096)
+    monkeypatch.setattr("clipsam_lib.config.load_profile", lambda name: profile)
+    assert cli.main(["clean"]) == 0
+    out = capsys.readouterr().out
+    assert f"{paths.compile_cache_dir(profile)} (0.00 GiB): TorchInductor's compiled" in out
+    assert "4 folder(s)" in out  # the cache is not one the latest run left unused
+    assert cli.main(["clean", "--delete"]) == 0
+    assert "removed 4 folder(s)" in capsys.readouterr().out
+    assert kernels.is_dir() and not any(folder.exists() for folder in planted)
+    assert cli.main(["clean", "--delete", "--compiled"]) == 0
+    assert "removed 1 folder(s)" in capsys.readouterr().out
+    assert not paths.compile_cache_dir(profile).exists()
+    assert paths.cache_dir(profile).is_dir()  # the feature caches' root stays

@@ -131,7 +131,7 @@ def compile_cache(profile: ProfileConfig) -> StaleFolder | None:
     Not keyed by anything the project decides (torch names its own entries), so no stamp
     can say which a run used; but it is only a cache: a compiled backbone writes what it
     needs again on its next first call (about a minute). Removed only when asked by name
-    (``clipsam clean --delete --compiled``), never while a run that compiles may be reading it.
+    (``clipsam clean --delete --compiled``), which is for a time when no run is compiling.
     """
     folder = paths.compile_cache_dir(profile)
     if not folder.is_dir():

@@ -72,6 +72,13 @@ def test_a_corpus_made_on_several_threads_equals_one_made_on_one(which, monkeypa
     assert all(np.array_equal(a, b) for a, b in zip(arrays_one, arrays_two))
 
 
+def test_an_empty_sam_corpus_ends():
+    from clipsam_lib.mini.sam_pretrain import SamCorpus
+
+    recipe = dataclasses.replace(RECIPES["sam"], corpus_size=0)
+    assert len(SamCorpus(recipe, 384, progress=False)) == 0  # its index stream is endless
+
+
 def test_defective_items_have_regions_inside_the_picture_and_normal_ones_none():
     items = [corpus.make_item(0, "clip", i, defect_rate=0.5) for i in range(30)]
     assert {it.anomalous for it in items} == {True, False}

@@ -265,7 +265,7 @@ def ordered_map(make: Callable[[int], T], indices: Iterable[int], workers: int) 
 
     Every corpus item is a pure function of its index, so the pictures are the same
     whatever the number of workers; only the time changes. Threads, not processes: the
-    work is numpy, scipy, OpenCV and PIL, which let go of the GIL for most of it (1.75x
+    work is numpy, scipy, OpenCV and PIL, which let go of the GIL for most of it (1.7x
     on 2 cores of an AMD EPYC), and threads need no picklable task, no ``__main__``
     guard in the caller's script and no fork of a process that runs torch. Chunks are
     handed out a few ahead of the one being read, so a caller that stops early (the SAM

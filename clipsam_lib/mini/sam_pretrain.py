@@ -72,13 +72,12 @@ class SamCorpus:
         with closing(entries), tqdm(total=recipe.corpus_size, desc="mini SAM corpus",
                                     disable=not progress) as bar:
             for entry in entries:
-                if entry is None:
-                    continue
-                self.images.append(entry[0])
-                self.regions.append(entry[1])
-                bar.update(1)
-                if len(self.images) == recipe.corpus_size:
+                if len(self.images) >= recipe.corpus_size:
                     break
+                if entry is not None:
+                    self.images.append(entry[0])
+                    self.regions.append(entry[1])
+                    bar.update(1)
 
     def __len__(self) -> int:
         return len(self.images)

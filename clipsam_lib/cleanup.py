@@ -136,7 +136,7 @@ def compile_cache(profile: ProfileConfig) -> StaleFolder | None:
     folder = paths.compile_cache_dir(profile)
     if not folder.is_dir():
         return None
-    return StaleFolder(folder, last_used(folder), folder_bytes(folder))
+    return StaleFolder(folder, None, folder_bytes(folder))  # never stamped (above)
 
 
 def remove(folders: list[StaleFolder]) -> int:

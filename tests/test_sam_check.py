@@ -54,6 +54,8 @@ def test_summary_per_dataset_and_per_defect_by_hand():
         "iou": [0.2, 0.6, 0.1, 0.9],
         "best_of_3_iou": [0.5, 0.7, 0.1, 0.9],
         "grid_ceiling_iou": [0.9, 0.95, 0.8, 1.0],
+        "area": [100, 50, 40, 10],
+        "mask_area": [300, 50, 200, 10],  # ratios 3, 1, 5 / 1
     })
     per_dataset = box_iou_summary(ious).set_index("dataset")
     assert per_dataset.loc["a", "regions"] == 3
@@ -62,10 +64,13 @@ def test_summary_per_dataset_and_per_defect_by_hand():
     assert per_dataset.loc["a", "share_iou_ge_0.5"] == pytest.approx(1 / 3)
     assert per_dataset.loc["a", "median_best_of_3"] == pytest.approx(0.5)
     assert per_dataset.loc["a", "median_grid_ceiling"] == pytest.approx(0.9)
+    assert per_dataset.loc["a", "median_area_ratio"] == pytest.approx(3.0)
     per_defect = box_iou_summary(ious, ("dataset", "defect")).set_index(["dataset", "defect"])
     assert per_defect.loc[("a", "pit"), "median_iou"] == pytest.approx(0.4)
     assert per_defect.loc[("a", "pit"), "median_best_of_3"] == pytest.approx(0.6)
     assert per_defect.loc[("a", "scratch"), "regions"] == 1
+    assert per_defect.loc[("a", "scratch"), "median_area_ratio"] == pytest.approx(5.0)
+    assert per_defect.loc[("a", "pit"), "median_area_ratio"] == pytest.approx(2.0)
     assert per_defect.loc[("b", "(unnamed)"), "median_iou"] == pytest.approx(0.9)
 
 

@@ -35,6 +35,37 @@ def test_corpus_items_are_a_pure_function_of_their_arguments():
     assert not np.array_equal(a.image, c.image) or a.name != c.name
 
 
+def test_each_region_is_named_by_what_drew_it(monkeypatch):
+    """A region named by a defect type lies inside a mask that type's procedure returned;
+    a "shape" region touches none of them (the procedures recorded as they run)."""
+    from clipsam_lib.data import synthetic
+
+    drawn: list[tuple[str, np.ndarray]] = []
+
+    def recording(defect, procedure):
+        def draw(picture, kind, rng):
+            picture, mask = procedure(picture, kind, rng)
+            drawn.append((defect, mask))
+            return picture, mask
+        return draw
+
+    for defect, procedure in list(synthetic.DEFECTS.items()):
+        monkeypatch.setitem(synthetic.DEFECTS, defect, recording(defect, procedure))
+    seen = set()
+    for index in range(40):
+        drawn.clear()
+        item = corpus.make_item(0, "sam", index, shapes=True, defect_rate=0.7)
+        assert len(item.region_kinds) == len(item.regions)
+        for region, kind in zip(item.regions, item.region_kinds):
+            inside = [d for d, mask in drawn if (region & ~mask).sum() == 0]
+            if kind == "shape":
+                assert not any((region & mask).any() for _, mask in drawn)
+            else:
+                assert kind in inside
+            seen.add(kind)
+    assert seen == {"shape", *corpus.DEFECT_TYPES}
+
+
 def test_ordered_map_keeps_the_order_and_stops_early_without_running_on():
     made = []
 

@@ -86,6 +86,8 @@ class CorpusItem:
     name: str  # the class name the caption uses
     anomalous: bool
     regions: list[np.ndarray] = field(default_factory=list)  # bool H x W, one per region
+    # What each region is: "shape" (pasted, SAM's corpus only) or its defect type.
+    region_kinds: list[str] = field(default_factory=list)
 
     def defect_mask(self) -> np.ndarray:
         mask = np.zeros(self.image.shape[:2], bool)
@@ -232,20 +234,25 @@ def make_item(seed: int, role: str, index: int, *, defect_rate: float = 0.5,
     hw = (int(rng.integers(180, 321)), int(rng.integers(180, 321)))
     picture, kind = _base(name, hw, rng)
     regions: list[np.ndarray] = []
+    kinds: list[str] = []
     if shapes:
         for _ in range(int(rng.integers(0, 3))):
             picture, shape = _paste_shape(picture, rng)
             regions = [r & ~shape for r in regions] + [shape]
+            kinds.append("shape")
     anomalous = bool(rng.random() < defect_rate)
     if anomalous:
         for _ in range(int(rng.integers(1, 3))):
             defect = DEFECT_TYPES[int(rng.integers(len(DEFECT_TYPES)))]
             picture, mask = synthetic.DEFECTS[defect](picture, kind, rng)
-            regions = [r & ~mask for r in regions] + _components(mask, min_area=12)
-    regions = [r for r in regions if r.sum() >= 12]
+            parts = _components(mask, min_area=12)
+            regions = [r & ~mask for r in regions] + parts
+            kinds += [defect] * len(parts)
+    kept = [k for k, r in enumerate(regions) if r.sum() >= 12]
     shown = pseudo_word(rng) if rng.random() < word_rate else name
     return CorpusItem(image=_as_rgb(picture), name=shown, anomalous=anomalous,
-                      regions=regions)
+                      regions=[regions[k] for k in kept],
+                      region_kinds=[kinds[k] for k in kept])
 
 
 # -- making a corpus on several cores -------------------------------------------------------

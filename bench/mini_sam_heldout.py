@@ -27,10 +27,11 @@ synth_mvtec / synth_visa; about 90 s): recipe 0c9801525890 0.589 / 0.505 / 0.499
 Where the committed SAM (0c9801525890) misses 0.6 (2026-12-05, ``--benchmark --draws 8``,
 AMD EPYC): the scratches, 13 of synth_mvtec's 41-48 regions on every draw, median IoU
 0.13-0.17 (held-out corpus: 0.261), the top mask 3.6x the scratch's area (median; 0.8-1.1x
-for the other types): a blob over a 2-4 px line. Without them synth_mvtec's median is 0.637 on the committed draw (all:
-0.499) and 0.589-0.705 over the 8 draws (at or above 0.6 on 7). synth_visa's masks name
-no defect type. On its own training pictures (``--training 300``) it fits scratches no
-better: 0.226, masks 2.4x their area (shapes 0.730, stains 0.747, patches 0.581, pits 0.584).
+for the other types): a blob over a 2-4 px line. Without them synth_mvtec's median is
+0.637 on the committed draw (all: 0.499) and 0.589-0.705 over the 8 draws (at or above 0.6
+on 7). synth_visa's masks name no defect type. On its own training pictures (``--training
+300``) it fits scratches no better: 0.226, masks 2.4x their area (shapes 0.730, stains
+0.747, patches 0.581, pits 0.584).
 """
 
 from __future__ import annotations

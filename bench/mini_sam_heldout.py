@@ -135,10 +135,17 @@ def benchmark_rows(ws: Workspace, draws: int = 1) -> list[dict]:
     return table[["set", "draw", "defect", "area", "mask_area", "iou"]].to_dict("records")
 
 
-def print_benchmark(table: pd.DataFrame) -> None:
-    """Per set and draw: median IoU, and without the scratches; per defect type: the
-    median of the top mask's area over its region's."""
+def by_kind(table: pd.DataFrame) -> pd.DataFrame:
+    """Per set and region kind: regions, median IoU and the median of the top mask's area
+    over its region's (far above 1: a blob over a thin region)."""
     table = table.assign(area_ratio=table["mask_area"] / table["area"])
+    return (table.groupby(["set", "defect"], sort=False)
+            .agg(count=("iou", "size"), median=("iou", "median"),
+                 area_ratio=("area_ratio", "median")).round(3))
+
+
+def print_benchmark(table: pd.DataFrame) -> None:
+    """Per set and draw: median IoU, and without the scratches; then ``by_kind``."""
     rows = []
     for (name, draw), group in table.groupby(["set", "draw"], sort=False):
         named = (group["defect"] != "(unnamed)").all()  # VisA's masks name no defect type
@@ -148,8 +155,7 @@ def print_benchmark(table: pd.DataFrame) -> None:
                      "median_without_scratches": unscratched.median() if named else None,
                      "scratches": int((group["defect"] == "scratch").sum()) if named else None})
     print(pd.DataFrame(rows).round(3).to_string(index=False))
-    print(table.groupby(["set", "defect"], sort=False)[["iou", "area_ratio"]].median()
-          .round(3))
+    print(by_kind(table))
 
 
 def main() -> None:
@@ -171,10 +177,7 @@ def main() -> None:
                          + training_rows(ws.sam.get(), args.training))
     print(f"weights: {args.weights}")
     print(table.groupby("set", sort=False)["iou"].agg(["count", "median", "mean"]).round(3))
-    table = table.assign(area_ratio=table["mask_area"] / table["area"])
-    print(table.groupby(["set", "defect"], sort=False)
-          .agg(count=("iou", "size"), median=("iou", "median"),
-               area_ratio=("area_ratio", "median")).round(3))
+    print(by_kind(table))
     if args.benchmark:
         print_benchmark(pd.DataFrame(benchmark_rows(ws, args.draws)))
     print(f"{time.perf_counter() - started:.0f} s")

@@ -54,6 +54,7 @@ from clipsam_lib.modeling.mmr import Prompts, decode_masks
 from clipsam_lib.modeling.sam_backbone import SamBackbone
 from clipsam_lib.sam_check import (
     MIN_REGION_AREA,
+    UNNAMED_DEFECT,
     box_prompt_ious,
     box_prompts,
     gt_box_prompts,
@@ -148,7 +149,7 @@ def print_benchmark(table: pd.DataFrame) -> None:
     """Per set and draw: median IoU, and without the scratches; then ``by_kind``."""
     rows = []
     for (name, draw), group in table.groupby(["set", "draw"], sort=False):
-        named = (group["defect"] != "(unnamed)").all()  # VisA's masks name no defect type
+        named = (group["defect"] != UNNAMED_DEFECT).all()
         unscratched = group[group["defect"] != "scratch"]["iou"]
         rows.append({"set": name, "draw": draw, "regions": len(group),
                      "median": group["iou"].median(),

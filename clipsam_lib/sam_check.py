@@ -29,6 +29,7 @@ from clipsam_lib.modeling.mmr import Prompts, decode_masks, label_regions, regio
 from clipsam_lib.workspace import Workspace
 
 MIN_REGION_AREA = 16  # pixels; smaller components are specks no prompt is drawn for
+UNNAMED_DEFECT = "(unnamed)"  # the defect type of a region whose layout names none (VisA)
 # Thresholds on a region's area share per low-res cell (grid_ceiling_iou): a thin line
 # covers under half of each cell it crosses, so 0.5 alone would drop it.
 CEILING_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
@@ -108,7 +109,7 @@ def box_prompt_ious(ws: Workspace, dataset: str,
         for region, area, ious, masks in zip(result.regions, result.prompts.areas,
                                              result.ious, result.masks):
             rows.append({"dataset": dataset, "cls_name": rec["cls_name"],
-                         "defect": rec.get("specie_name") or "(unnamed)",
+                         "defect": rec.get("specie_name") or UNNAMED_DEFECT,
                          "img_path": rec["img_path"], "area": int(area),
                          "iou": float(ious[0]), "best_of_3_iou": float(ious.max()),
                          "grid_ceiling_iou": grid_ceiling_iou(region, sam),

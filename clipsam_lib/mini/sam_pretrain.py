@@ -44,18 +44,33 @@ from clipsam_lib.modeling.sam_backbone import build_sam_mini
 PROMPT_KINDS = ("box", "point", "point+box")
 
 
+def resized_item(item: corpus.CorpusItem, image_size: int):
+    """(picture, region masks, region kinds) in SAM's resized frame; a region that the
+    resize leaves empty is dropped with its kind."""
+    image = ResizeLongestSide(image_size).apply_image(item.image)
+    size = (image.shape[1], image.shape[0])
+    masks = [cv2.resize(r.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+             for r in item.regions]
+    kept = [k for k, m in enumerate(masks) if m.any()]
+    return image, [masks[k] for k in kept], [item.region_kinds[k] for k in kept]
+
+
 def corpus_entry(seed: int, defect_rate: float, image_size: int, index: int):
     """Corpus picture ``index`` in SAM's resized frame and its region masks, or None
     where it has no region."""
     item = corpus.make_item(seed, "sam", index, shapes=True, defect_rate=defect_rate)
     if not item.regions:
         return None
-    image = ResizeLongestSide(image_size).apply_image(item.image)
-    size = (image.shape[1], image.shape[0])
-    masks = [cv2.resize(r.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-             for r in item.regions]
-    masks = [m for m in masks if m.any()]
+    image, masks, _ = resized_item(item, image_size)
     return (image, masks) if masks else None
+
+
+def padded_target(mask: np.ndarray, image_size: int) -> torch.Tensor:
+    """A region mask padded like SAM pads the image, at half size (area share): the
+    loss's target."""
+    out = torch.zeros(1, 1, image_size, image_size)
+    out[..., : mask.shape[0], : mask.shape[1]] = torch.from_numpy(mask.astype(np.float32))
+    return F.avg_pool2d(out, 2)[0, 0]
 
 
 class SamCorpus:
@@ -81,12 +96,6 @@ class SamCorpus:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def padded_mask(self, mask: np.ndarray) -> torch.Tensor:
-        """The mask padded like the image, at half size (area share, as the loss's target)."""
-        out = torch.zeros(1, 1, self.image_size, self.image_size)
-        out[..., : mask.shape[0], : mask.shape[1]] = torch.from_numpy(mask.astype(np.float32))
-        return F.avg_pool2d(out, 2)[0, 0]
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
@@ -246,7 +255,7 @@ def pretrain_sam(recipe: SamRecipe, out_path: Path | None, work_folder: Path, *,
                 masks = [regions[k] for k in picks]
                 kind = PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
                 coords, boxes = _prompts(masks, kind, recipe, rng)
-                targets = torch.stack([data.padded_mask(m) for m in masks])
+                targets = torch.stack([padded_target(m, data.image_size) for m in masks])
                 loss, iou = prompt_loss(sam, embeddings[b:b + 1], coords, boxes, targets,
                                         recipe)
                 total = total + loss / len(chosen)

@@ -52,7 +52,7 @@ def kind_corpus(kind: str, image_size: int) -> list[tuple[np.ndarray, list[np.nd
         item = corpus.make_item(recipe.seed, "sam", index, shapes=True,
                                 defect_rate=recipe.defect_rate)
         image, masks, kinds = resized_item(item, image_size)
-        masks = [m for m, k in zip(masks, kinds) if kind in ("all", k)]
+        masks = [m for m, k in zip(masks, kinds) if kind == "all" or k == kind]
         if masks:
             pictures.append((image, masks))
     return pictures

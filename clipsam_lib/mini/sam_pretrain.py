@@ -44,7 +44,8 @@ from clipsam_lib.modeling.sam_backbone import build_sam_mini
 PROMPT_KINDS = ("box", "point", "point+box")
 
 
-def resized_item(item: corpus.CorpusItem, image_size: int):
+def resized_item(item: corpus.CorpusItem,
+                 image_size: int) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     """(picture, region masks, region kinds) in SAM's resized frame; a region that the
     resize leaves empty is dropped with its kind."""
     image = ResizeLongestSide(image_size).apply_image(item.image)

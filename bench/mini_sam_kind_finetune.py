@@ -16,8 +16,8 @@ median ground-truth-box IoU and the top mask's area over its region's on corpus 
 Measured 2026-12-05 (AMD EPYC, 2 cores, steps of 8 pictures x 4 prompts, lr 2e-4; median
 IoU on training / held-out pictures, before: scratches 0.226 / 0.261, shapes 0.730):
 
-- ``--kind scratch`` (150 steps, 2.8 min): scratches 0.323 / 0.312, shapes 0.215;
-- ``--kind scratch --steps 600`` (9.7 min): scratches 0.418 / 0.422, shapes 0.120;
+- ``--kind scratch`` (150 steps, 2.7 min): scratches 0.323 / 0.312, shapes 0.215;
+- ``--kind scratch --steps 600`` (9.7 min, beside other work): scratches 0.418 / 0.422, shapes 0.120;
 - ``--kind all`` (150 steps, the control): scratches 0.200 / 0.226, shapes 0.719.
 
 So more scratch prompts alone do not fit them: four times the recipe's, and nothing else,
@@ -98,7 +98,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     args = parser.parse_args()
     started = time.perf_counter()
-    torch.manual_seed(0)
     sam = build_sam_mini(str(WEIGHTS_FOLDER / SAM_FILE))
     backbone = SamBackbone(load_profile("smoke").sam, "cpu", model=sam)
     before = kind_table(backbone, "before")

@@ -116,7 +116,8 @@ def workspace(smoke_results_dir):
 def rows(workspace, tmp_path_factory):
     # A maps folder of its own, not the shared results folder's: the untrained UMCI's maps
     # belong to no stage of the notebook run, and test_notebooks checks that the run used
-    # every map folder there (what `clipsam clean` relies on). Sharing it saved 9 s.
+    # every map folder there (what `clipsam clean` relies on). Sharing it saved 9 s run
+    # alone, nothing measurable in the whole suite (2026-12-05).
     return method_rows(workspace, tmp_path_factory.mktemp("maps"))
 
 

@@ -12,6 +12,9 @@ median of 0.12); ``--keep DIR`` keeps the weights it wrote, so they can be evalu
 (``sam.checkpoint: DIR/clipsam-mini-sam.safetensors`` in a profile) instead of trained again.
 ``--recipe KEY=VALUE`` trains another recipe (a field of ``ClipRecipe`` / ``SamRecipe``,
 with ``--only``), to be judged with ``bench/draw_spread.py --set clip.pretrained=DIR/...``.
+Another SAM architecture is tried by editing ``mini.recipes.SAM_ARCHITECTURE`` for the
+run (it is part of the recipe hash); the comparison then names the tensors whose shapes
+differ and compares the rest.
 
     .venv/bin/python bench/pretrain_mini.py [--only clip|sam] [--keep DIR]
                                             [--recipe KEY=VALUE ...]
@@ -55,7 +58,21 @@ def relative_differences(committed: Path, written: Path) -> dict[str, float]:
     a, b = load_file(str(committed)), load_file(str(written))
     return {name: float((a[name].double() - b[name].double()).norm()
                         / b[name].double().norm().clamp(min=1e-12))
-            for name in sorted(set(a) & set(b)) if a[name].is_floating_point()}
+            for name in sorted(set(a) & set(b))
+            if a[name].is_floating_point() and a[name].shape == b[name].shape}
+
+
+def reshaped_tensors(committed: Path, written: Path) -> int:
+    """How many tensors the two files share by name but not by shape (another
+    architecture: ``SAM_ARCHITECTURE`` changed since the committed file)."""
+    from safetensors import safe_open
+
+    def shapes(path: Path) -> dict[str, list[int]]:
+        with safe_open(str(path), "pt") as file:
+            return {name: file.get_slice(name).get_shape() for name in file.keys()}  # noqa: SIM118 (not iterable)
+
+    a, b = shapes(committed), shapes(written)
+    return sum(a[name] != b[name] for name in set(a) & set(b))
 
 
 def main() -> None:
@@ -90,11 +107,15 @@ def main() -> None:
             print(f"mini {name}: recipe {recipe_hash(recipes[name])}, {minutes:.1f} min, "
                   f"tensors and metadata equal to the committed file's: {same}")
             if committed.is_file() and not same:
+                reshaped = reshaped_tensors(committed, written)
+                if reshaped:
+                    print(f"  {reshaped} tensors differ in shape: another architecture")
                 diffs = relative_differences(committed, written)
-                tensor = max(diffs, key=diffs.get)
-                print(f"  relative difference over {len(diffs)} tensors: median "
-                      f"{statistics.median(diffs.values()):.2e}, largest {diffs[tensor]:.2e} "
-                      f"({tensor})")
+                tensor = max(diffs, key=diffs.get, default=None)
+                if tensor is not None:
+                    print(f"  relative difference over {len(diffs)} tensors of the same shape: "
+                          f"median {statistics.median(diffs.values()):.2e}, largest "
+                          f"{diffs[tensor]:.2e} ({tensor})")
         print(f"total {total:.1f} min (target <= 30 min on 2 CPU cores)")
 
 

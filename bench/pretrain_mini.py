@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, recipe_hash
 
@@ -38,9 +40,6 @@ from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, reci
 def same_contents(committed: Path, written: Path) -> bool:
     """Every tensor and metadata entry equal. Not the bytes: safetensors writes the
     header's metadata in no fixed order, so two equal files can differ there."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     def contents(path: Path):
         with safe_open(str(path), "pt") as file:
             metadata = file.metadata()
@@ -51,28 +50,20 @@ def same_contents(committed: Path, written: Path) -> bool:
         a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]) for key in a)
 
 
-def relative_differences(committed: Path, written: Path) -> dict[str, float]:
-    """Per floating-point tensor, the relative L2 difference between the two files."""
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(committed)), load_file(str(written))
+def relative_differences(a: dict[str, torch.Tensor],
+                         b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per floating-point tensor of the same name and shape in both files' tensors, the
+    relative L2 difference between them."""
     return {name: float((a[name].double() - b[name].double()).norm()
                         / b[name].double().norm().clamp(min=1e-12))
             for name in sorted(set(a) & set(b))
             if a[name].is_floating_point() and a[name].shape == b[name].shape}
 
 
-def reshaped_tensors(committed: Path, written: Path) -> int:
-    """How many tensors the two files share by name but not by shape (another
-    architecture: ``SAM_ARCHITECTURE`` changed since the committed file)."""
-    from safetensors import safe_open
-
-    def shapes(path: Path) -> dict[str, list[int]]:
-        with safe_open(str(path), "pt") as file:
-            return {name: file.get_slice(name).get_shape() for name in file.keys()}  # noqa: SIM118 (not iterable)
-
-    a, b = shapes(committed), shapes(written)
-    return sum(a[name] != b[name] for name in set(a) & set(b))
+def reshaped_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> int:
+    """How many tensors the two share by name but not by shape (another architecture:
+    ``SAM_ARCHITECTURE`` changed since the committed file)."""
+    return sum(a[name].shape != b[name].shape for name in set(a) & set(b))
 
 
 def main() -> None:
@@ -107,10 +98,11 @@ def main() -> None:
             print(f"mini {name}: recipe {recipe_hash(recipes[name])}, {minutes:.1f} min, "
                   f"tensors and metadata equal to the committed file's: {same}")
             if committed.is_file() and not same:
-                reshaped = reshaped_tensors(committed, written)
+                tensors = load_file(str(committed)), load_file(str(written))
+                reshaped = reshaped_tensors(*tensors)
                 if reshaped:
                     print(f"  {reshaped} tensors differ in shape: another architecture")
-                diffs = relative_differences(committed, written)
+                diffs = relative_differences(*tensors)
                 tensor = max(diffs, key=diffs.get, default=None)
                 if tensor is not None:
                     print(f"  relative difference over {len(diffs)} tensors of the same shape: "

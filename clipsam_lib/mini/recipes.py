@@ -30,8 +30,8 @@ CLIP_MODEL_NAME = "clipsam-mini-vit"  # configs/clipsam-mini-vit.json (open_clip
 # segment-anything's classes at a small size (sam_backbone.build_sam_mini builds it).
 # Measured 2026-12-05, not adopted (docs/miniature.md): a finer grid (320 px, 10 px patches,
 # 96-d encoder) and a wider decoder (192-d) fit thin scratches no better (0.200 / 0.227 on
-# the training pictures, 0.226 here); the wider one nears 0.6 elsewhere but costs 16.5 min
-# and most of MMR's gain over the rough map.
+# the training pictures, 0.226 here); the wider one nears 0.6 on synth_mvtec (0.583 over
+# 8 draws) but costs 16.5 min and most of MMR's gain over the rough map.
 SAM_ARCHITECTURE: dict[str, Any] = {
     "image_size": 384,  # 24 x 24 embedding, 96 x 96 low-res masks
     "patch_size": 16,

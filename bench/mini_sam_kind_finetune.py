@@ -60,7 +60,7 @@ def kind_corpus(kind: str, image_size: int) -> list[tuple[np.ndarray, list[np.nd
 
 def finetune(sam, pictures, steps: int, lr: float) -> None:
     recipe, size = SamRecipe(), sam.image_encoder.img_size
-    sam.float().requires_grad_(True).train()
+    sam.requires_grad_(True).train()  # build_sam_mini loads float32 parameters
     optimizer = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=recipe.weight_decay)
     for step in range(steps):
         rng = np.random.default_rng([recipe.seed, 23, step])

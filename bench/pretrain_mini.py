@@ -37,15 +37,18 @@ from safetensors.torch import load_file
 from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, recipe_hash
 
 
-def same_contents(committed: Path, written: Path) -> bool:
-    """Every tensor and metadata entry equal. Not the bytes: safetensors writes the
-    header's metadata in no fixed order, so two equal files can differ there."""
-    def contents(path: Path):
-        with safe_open(str(path), "pt") as file:
-            metadata = file.metadata()
-        return metadata, load_file(str(path))
+def file_contents(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file."""
+    with safe_open(str(path), "pt") as file:
+        metadata = file.metadata()
+    return metadata, load_file(str(path))
 
-    (meta_a, a), (meta_b, b) = contents(committed), contents(written)
+
+def same_contents(committed: tuple[dict, dict], written: tuple[dict, dict]) -> bool:
+    """Every tensor and metadata entry equal (``file_contents`` of both files). Not the
+    bytes: safetensors writes the header's metadata in no fixed order, so two equal files
+    can differ there."""
+    (meta_a, a), (meta_b, b) = committed, written
     return meta_a == meta_b and a.keys() == b.keys() and all(
         a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]) for key in a)
 
@@ -94,11 +97,16 @@ def main() -> None:
             minutes = (time.perf_counter() - start) / 60
             total += minutes
             committed = WEIGHTS_FOLDER / FILES[name]
-            same = committed.is_file() and same_contents(committed, written)
+            if not committed.is_file():
+                print(f"mini {name}: recipe {recipe_hash(recipes[name])}, {minutes:.1f} min, "
+                      "no committed file to compare with")
+                continue
+            contents = file_contents(committed), file_contents(written)
+            same = same_contents(*contents)
             print(f"mini {name}: recipe {recipe_hash(recipes[name])}, {minutes:.1f} min, "
                   f"tensors and metadata equal to the committed file's: {same}")
-            if committed.is_file() and not same:
-                tensors = load_file(str(committed)), load_file(str(written))
+            if not same:
+                tensors = contents[0][1], contents[1][1]
                 reshaped = reshaped_tensors(*tensors)
                 if reshaped:
                     print(f"  {reshaped} tensors differ in shape: another architecture")

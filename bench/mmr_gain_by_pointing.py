@@ -25,6 +25,19 @@ point on a defect, how much of the defect SAM's fused masks cover (committed 0.3
 2,000 steps 0.25 / 0.23, loose 0.26 / 0.29, part boxes 509524049dc1 0.64 / 0.63) and the
 top mask's area over its box's (7.0 / 3.0, 1.7 / 1.3, 3.6 / 2.8, 25.7 / 12.6).
 About 1.5 min per SAM.
+
+Also printed: the side of the regions' boxes in the rough map binarized at other relative
+thetas (``THETAS``). Measured 2026-12-06 (AMD EPYC, mini CLIP 33ae17852a53, committed SAM;
+40 s), median side in px, first direction / second, against the defects' 40 / 37:
+
+    theta    0.5        0.1        0.01       0.001
+    median   9 / 12     12 / 10    11 / 16    16 / 158 (upper quartile 224 / 258)
+    regions  117 / 139  241 / 346  246 / 103  154 / 79
+
+No theta gives boxes of a defect's size: the rough map is a field of small bumps, which
+multiply as theta falls and merge into the whole picture before one grows to a defect's
+side. (The per-image AP gains with that CLIP: on +4.8 / +6.7, near +2.8 / +12.2, off
+-0.1 / +0.8; the defect covered 0.31 / 0.47, top mask / box area 6.3 / 13.5.)
 """
 
 from __future__ import annotations
@@ -77,6 +90,11 @@ def gains(ws, direction) -> dict[str, list[tuple[float, float]]]:
     return groups
 
 
+def _side(box: tuple[slice, slice]) -> float:
+    rows, cols = box
+    return float(np.sqrt((rows.stop - rows.start) * (cols.stop - cols.start)))
+
+
 def box_sides(ws, direction) -> tuple[np.ndarray, np.ndarray]:
     """Side (square root of the area) of MMR's prompt boxes and of the defect regions'
     own boxes, over the test set's images."""
@@ -90,9 +108,32 @@ def box_sides(ws, direction) -> tuple[np.ndarray, np.ndarray]:
         for x0, y0, x1, y1 in np.array(full.maps.sidecar(rec)["boxes"]).reshape(-1, 4):
             prompts.append(np.sqrt((x1 - x0 + 1) * (y1 - y0 + 1)))
         labels, _ = ndimage.label(ground_truth(rec, root, cfg))
-        for rows, cols in ndimage.find_objects(labels):
-            defects.append(np.sqrt((rows.stop - rows.start) * (cols.stop - cols.start)))
+        defects += [_side(box) for box in ndimage.find_objects(labels)]
     return np.array(prompts), np.array(defects)
+
+
+# Relative thetas at which the rough map's regions are measured (the smoke profile: 0.5).
+THETAS = (0.5, 0.1, 0.01, 1e-3)
+
+
+def theta_box_sides(ws, direction, thetas=THETAS) -> dict[float, np.ndarray]:
+    """Side of each region's box in the rough map (+UMCI, MMR off) binarized at each
+    relative theta, as MMR would draw its boxes there, over the anomalous test images."""
+    from scipy import ndimage
+
+    from clipsam_lib import ablations
+    from clipsam_lib.modeling.mmr import binarize, label_regions
+
+    rough = ablations.run_variant(ws, {"mmr.enabled": False}, "+UMCI", direction)[0]
+    sides: dict[float, list[float]] = {theta: [] for theta in thetas}
+    for rec in rough.records:
+        if not rec.get("mask_path"):
+            continue
+        score_map = rough.maps(rec)
+        for theta in thetas:
+            regions, _ = label_regions(binarize(score_map, theta, "relative"))
+            sides[theta] += [_side(box) for box in ndimage.find_objects(regions)]
+    return {theta: np.array(values) for theta, values in sides.items()}
 
 
 def mask_reach(ws, direction) -> dict[str, float]:
@@ -147,6 +188,9 @@ def _run() -> None:
                 print(f"{direction.train} -> {direction.test[0]}: side of MMR's boxes "
                       f"(quartiles, px) {np.percentile(prompts, [25, 50, 75]).round(1)}, "
                       f"of the defect regions' {np.percentile(defects, [25, 50, 75]).round(1)}")
+                for theta, sides in theta_box_sides(ws, direction).items():
+                    print(f"  rough map at relative theta {theta:g}: {len(sides)} regions, "
+                          f"box side (quartiles, px) {np.percentile(sides, [25, 50, 75]).round(1)}")
         print(f"SAM: {sam or 'committed'}")
         for direction in ws.profile.directions:
             for group, pairs in gains(ws, direction).items():

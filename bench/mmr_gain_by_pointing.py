@@ -68,13 +68,19 @@ def refined_run(ws, direction):
     return full, ws.dataset(full.test_dataset).root, full.profile.eval
 
 
+def rough_run(ws, direction):
+    """The +UMCI run with MMR off (the rough map) for the direction's first test set."""
+    from clipsam_lib import ablations
+
+    return ablations.run_variant(ws, {"mmr.enabled": False}, "+UMCI", direction)[0]
+
+
 def gains(ws, direction) -> dict[str, list[tuple[float, float]]]:
     """(rough AP, refined AP) per anomalous image, by where its prompts fall."""
-    from clipsam_lib import ablations
     from clipsam_lib.evaluate import ground_truth
     from clipsam_lib.pointing import TOLERANCE, defect_regions
 
-    rough = ablations.run_variant(ws, {"mmr.enabled": False}, "+UMCI", direction)[0]
+    rough = rough_run(ws, direction)
     full, root, cfg = refined_run(ws, direction)
     near = defect_regions(full.records, root, cfg, TOLERANCE)
     on = defect_regions(full.records, root, cfg, 0)
@@ -121,10 +127,9 @@ def theta_box_sides(ws, direction, thetas=THETAS) -> dict[float, np.ndarray]:
     relative theta, as MMR would draw its boxes there, over the anomalous test images."""
     from scipy import ndimage
 
-    from clipsam_lib import ablations
     from clipsam_lib.modeling.mmr import binarize, label_regions
 
-    rough = ablations.run_variant(ws, {"mmr.enabled": False}, "+UMCI", direction)[0]
+    rough = rough_run(ws, direction)
     sides: dict[float, list[float]] = {theta: [] for theta in thetas}
     for rec in rough.records:
         if not rec.get("mask_path"):

@@ -32,16 +32,15 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from clipsam_lib.mini import FILES, RECIPES, WEIGHTS_FOLDER, pretrain_mini, recipe_hash
 
 
 def file_contents(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file."""
+    """(metadata, tensors) of a safetensors file, read through one handle."""
     with safe_open(str(path), "pt") as file:
-        metadata = file.metadata()
-    return metadata, load_file(str(path))
+        # safe_open is not iterable: its keys() is the way in.
+        return file.metadata(), {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
 
 
 def same_contents(committed: tuple[dict, dict], written: tuple[dict, dict]) -> bool:
